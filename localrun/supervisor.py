@@ -1,0 +1,168 @@
+"""Start, watch and stop local processes: the services, SecantusDB, the sample origin.
+
+`make run` and the end-to-end and fault tests use the same code, so what the tests exercise is what a
+person runs. A process that dies unexpectedly is restarted (with a short backoff), as compose's restart
+policy does in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import structlog
+
+log = structlog.get_logger()
+
+SERVICES = ("upload", "status", "notifier", "compressor")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(host: str, port: int, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not port_open(host, port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start listening on {host}:{port} within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+@dataclass
+class Managed:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_file: Path | None
+    restart: bool
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    _out: IO[bytes] | None = None
+
+    def start(self) -> None:
+        if self.log_file is not None:
+            self._out = self.log_file.open("ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self._out, stderr=self._out)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Supervisor:
+    env: dict[str, str]
+    log_dir: Path | None = None  # None: children write to our stdout/stderr
+    restart: bool = True
+    processes: dict[str, Managed] = field(default_factory=dict)
+
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        extra_env: dict[str, str] | None = None,
+        restart: bool | None = None,
+    ) -> Managed:
+        log_file = self.log_dir / f"{name}.log" if self.log_dir else None
+        managed = Managed(
+            name,
+            argv,
+            {**self.env, **(extra_env or {})},
+            log_file,
+            self.restart if restart is None else restart,
+        )
+        managed.start()
+        self.processes[name] = managed
+        log.info("process_started", process=name, pid=managed.proc.pid if managed.proc else None)
+        return managed
+
+    def start_service(self, service: str, instance: str | None = None, **env: str) -> Managed:
+        return self.start(instance or service, [sys.executable, "-m", f"services.{service}"], extra_env=env)
+
+    def poll(self) -> None:
+        """Restart any process that died; call this periodically."""
+        now = time.monotonic()
+        for managed in self.processes.values():
+            if managed.alive or not managed.restart or managed.proc is None:
+                continue
+            if managed.next_start == 0.0:
+                code = managed.proc.returncode
+                delay = min(2.0 ** min(managed.restarts, 5) * 0.5, 10.0)
+                log.warning(
+                    "process_died_restarting", process=managed.name, exit_code=code, restart_in_s=delay
+                )
+                managed.next_start = now + delay
+            elif now >= managed.next_start:
+                managed.restarts += 1
+                managed.next_start = 0.0
+                managed.start()
+                log.info("process_restarted", process=managed.name, restarts=managed.restarts)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        managed = self.processes[name]
+        assert managed.proc is not None
+        managed.proc.send_signal(sig)
+        managed.proc.wait(30)
+
+    def stop(self, name: str, grace: float = 30.0) -> None:
+        managed = self.processes.pop(name)
+        _terminate([managed], grace)
+
+    def stop_all(self, grace: float = 30.0) -> None:
+        _terminate(list(self.processes.values()), grace)
+        self.processes.clear()
+
+
+def _terminate(processes: list[Managed], grace: float) -> None:
+    for m in processes:
+        m.restart = False
+        if m.alive and m.proc is not None:
+            m.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for m in processes:
+        if m.proc is None:
+            continue
+        try:
+            m.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("process_killed_after_grace", process=m.name)
+            m.proc.kill()
+            m.proc.wait()
+        if m._out is not None:
+            m._out.close()
+
+
+def secantus_argv(storage: Path, port: int) -> list[str]:
+    storage.mkdir(parents=True, exist_ok=True)
+    binary = Path(sys.executable).parent / "secantusd-py"
+    return [str(binary), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage)]
+
+
+def secantus_url(port: int) -> str:
+    return f"mongodb://127.0.0.1:{port}/?directConnection=true"
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()}
+    env.update(overrides)
+    return env

@@ -1,0 +1,414 @@
+"""The image codec: untrusted bytes in, smaller bytes out. Pure CPU work, run in a process pool.
+
+Decisions (each has a test in tests/unit/test_codec.py):
+
+* Output format. Opaque images become JPEG at `quality` (fast: ~4 ms to encode 2 MP; grayscale stays
+  grayscale). Images with real transparency become lossy WebP at `quality` with lossless alpha: WebP keeps
+  alpha, is several times smaller than PNG at a fraction of PNG's encode time, and every current browser
+  shows it. An RGBA image whose alpha is 255 everywhere is treated as opaque. Past WebP's 16383 px (or
+  JPEG's 65500 px) side limit we fall back to PNG.
+* Safety. Only common web/photo formats are parsed at all (`ALLOWED_FORMATS`). The pixel count is checked
+  from the header, before any decoding, against `max_pixels`; Pillow's own DecompressionBombWarning is
+  turned into an error as well, so the effective limit is min(max_pixels, Image.MAX_IMAGE_PIXELS).
+  Truncated or corrupt data raises ImageRejected (LOAD_TRUNCATED_IMAGES stays off).
+* Orientation and privacy. EXIF orientation is applied to the pixels; the output carries no EXIF (GPS,
+  serial numbers), XMP, IPTC or comments: only the ICC profile, which keeps colours right.
+* Colour. CMYK goes through its embedded profile to sRGB with LittleCMS when it has one (naive conversion
+  makes colours garish), else through Pillow's plain conversion. A profile that no longer matches the
+  output's colour space (say a gray profile on an image that became RGBA) is dropped. 16-bit images are
+  scaled, not clipped, to 8 bits.
+* Animation (GIF, WebP, APNG) is re-encoded, all frames, to animated WebP with the original timing and
+  loop count: it keeps the animation, is much smaller than GIF and strips metadata like every other path;
+  all frames together must fit in `max_pixels`, so many frames cannot add up to a bomb. Multi-image files
+  that are not animations (MPO from phones, multi-page TIFF) use their first image.
+* Never larger, never leaking. If re-encoding does not make the image smaller, we keep the original,
+  but only in a form without private metadata: JPEG/MPO and PNG are stripped losslessly (their marker
+  segments / chunks are copied except metadata ones); GIF, WebP, AVIF and BMP are kept verbatim only when
+  Pillow finds no metadata in them. The original is not an option when it needs an EXIF rotation (stripping
+  would turn it sideways) or carries metadata we cannot strip: then the re-encoded image is returned even if
+  it is larger. Privacy wins over size; it is rare because dropping metadata saves bytes too.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any, TypeVar
+
+import structlog
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+
+log = structlog.get_logger()
+T = TypeVar("T")
+
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF")
+CONTENT_TYPES = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",  # only ever kept as its stripped first image, a plain JPEG
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "AVIF": "image/avif",
+    "BMP": "image/bmp",
+}
+WEBP_MAX_SIDE = 16383
+JPEG_MAX_SIDE = 65500
+# libwebp effort 0-6. On a 2 MP RGBA photo: method 2 ~60 ms, method 4 ~150 ms for ~7% less; 6 takes 1.5 s.
+WEBP_METHOD = 2
+# Huffman optimisation shrinks JPEGs by ~8% for ~4 ms per 2 MP (~+35% of decode+encode); see the report.
+JPEG_OPTIMIZE = True
+
+_ORIENTATION = 0x0112
+# Info keys through which Pillow reports metadata that a verbatim copy would leak.
+_METADATA_KEYS = frozenset({"exif", "xmp", "XML:com.adobe.xmp", "comment", "extension", "photoshop", "iptc"})
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@dataclass(frozen=True)
+class CompressedImage:
+    data: bytes
+    content_type: str  # "image/jpeg", "image/webp", "image/png" or, for a kept original, its own type
+    kept_original: bool  # re-encoding would have grown it, so the original bytes were kept (metadata-free)
+    width: int
+    height: int
+
+
+class ImageRejected(Exception):
+    """The image can never be compressed (bomb, corrupt, truncated, unsupported): retrying is pointless.
+
+    `reason` is short and meant for humans; `kind` is one of those four words, for metrics.
+    """
+
+    def __init__(self, reason: str, kind: str = "corrupt") -> None:
+        super().__init__(reason, kind)  # both in args, so the exception pickles across the process pool
+        self.reason = reason
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def compress(data: bytes, quality: int = 50, max_pixels: int = 50_000_000) -> CompressedImage:
+    """Re-encode `data` smaller at `quality` (1-100); see the module docstring for what that means."""
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be 1-100, not {quality}")
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone flipped the global: we would silently emit half images
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        im = _open(data, max_pixels)
+        with im:
+            if im.format in ("GIF", "WEBP", "PNG") and _decoding(lambda: getattr(im, "is_animated", False)):
+                return _compress_animation(im, data, quality, max_pixels)
+            return _compress_still(im, data, quality)
+
+
+# --- decoding -----------------------------------------------------------------------------------------------
+
+
+def _open(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
+    try:
+        im = Image.open(BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        sniffed = _sniff(data)
+        if sniffed in ALLOWED_FORMATS:
+            raise ImageRejected(f"corrupt or truncated {sniffed} header", "corrupt") from None
+        raise ImageRejected(f"unsupported image format ({sniffed or 'unknown'})", "unsupported") from None
+    except Exception as exc:
+        raise _rejection(exc) from exc
+    width, height = im.size
+    if width * height > max_pixels:
+        im.close()
+        raise ImageRejected(
+            f"image too large: {width}x{height} = {width * height:,} pixels (limit {max_pixels:,})", "bomb"
+        )
+    return im
+
+
+def _decoding(step: Callable[[], T]) -> T:
+    """Run a Pillow decoding step: the decoders are our trust boundary, so whatever they raise on hostile
+    input (OSError, SyntaxError, ValueError, struct.error, ...) becomes an ImageRejected."""
+    try:
+        return step()
+    except ImageRejected:
+        raise
+    except Exception as exc:
+        raise _rejection(exc) from exc
+
+
+def _rejection(exc: Exception) -> ImageRejected:
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning | MemoryError):
+        return ImageRejected(f"image too large: {exc}", "bomb")
+    text = str(exc)
+    if "truncated" in text.lower():
+        return ImageRejected("image data is truncated", "truncated")
+    return ImageRejected(f"corrupt image data ({type(exc).__name__}: {text[:120]})", "corrupt")
+
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"8BPS", "PSD"),
+    (b"%!PS", "EPS"),
+    (b"%PDF", "PDF"),
+    (b"<svg", "SVG"),
+    (b"<?xml", "XML/SVG"),
+)
+
+
+def _sniff(data: bytes) -> str | None:
+    """The format the first bytes announce, for error messages only (Pillow decides what we decode)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[4:8] == b"ftyp":
+        return "AVIF" if data[8:12] in (b"avif", b"avis") else "HEIF/MP4"
+    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+
+
+# --- still images -------------------------------------------------------------------------------------------
+
+
+def _compress_still(im: ImageFile.ImageFile, data: bytes, quality: int) -> CompressedImage:
+    _decoding(im.load)
+    upright = _decoding(lambda: _orientation(im)) == 1
+    if not upright:
+        ImageOps.exif_transpose(im, in_place=True)
+    fmt = im.format
+    info = dict(im.info)  # what the source said, before conversions copy or drop it
+    out, icc, alpha = _normalise(im)
+    encoded, content_type = _encode(out, quality, icc, alpha)
+    original = _clean_original(data, fmt, info, upright)
+    if original is not None and len(original) <= len(encoded):
+        assert fmt is not None
+        return CompressedImage(original, CONTENT_TYPES[fmt], True, out.width, out.height)
+    return CompressedImage(encoded, content_type, False, out.width, out.height)
+
+
+def _orientation(im: Image.Image) -> int:
+    orientation = im.getexif().get(_ORIENTATION, 1)
+    return orientation if orientation in range(1, 9) else 1  # nonsense values are ignored, like browsers do
+
+
+def _normalise(im: Image.Image) -> tuple[Image.Image, bytes | None, bool]:
+    """The image in L, RGB or RGBA; the ICC profile that still describes it (or None); whether it has alpha.
+
+    Conversions happen only when needed: each one copies every pixel.
+    """
+    icc: bytes | None = im.info.get("icc_profile") or None
+    alpha = False
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        im = im.convert("I").point(lambda v: v / 256, "L")  # 16 significant bits down to 8, not clipped
+    elif im.mode in ("1", "F"):
+        im = im.convert("L")
+    if im.has_transparency_data:  # RGBA, LA, PA, P or RGB with a transparent colour, ...
+        if im.mode != "RGBA":
+            im = im.convert("RGBA")
+        low, _ = im.getchannel("A").getextrema()
+        alpha = int(low) < 255  # type: ignore[arg-type]  # one band: (min, max) of ints
+        if not alpha:  # an alpha channel that hides nothing: encode as the (much smaller) opaque image
+            im = im.convert("RGB")
+    elif im.mode == "CMYK":
+        im, icc = _cmyk_to_rgb(im, icc)
+    elif im.mode not in ("L", "RGB"):  # P, YCbCr, LAB, HSV, RGBX
+        im = im.convert("RGB")
+    wanted = b"GRAY" if im.mode == "L" else b"RGB "
+    if icc is not None and _icc_colour_space(icc) != wanted:
+        icc = None  # a profile for other channels than we now have would make decoders misread colours
+    return im, icc, alpha
+
+
+def _icc_colour_space(icc: bytes) -> bytes:
+    return icc[16:20]  # the header's "data colour space" signature: b"RGB ", b"GRAY", b"CMYK", ...
+
+
+def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
+    if icc is not None and _icc_colour_space(icc) == b"CMYK":
+        try:
+            profile = ImageCms.ImageCmsProfile(BytesIO(icc))
+            converted = ImageCms.profileToProfile(im, profile, _SRGB, outputMode="RGB")
+            assert converted is not None  # inPlace=False always returns the new image
+            return converted, None  # untagged output is read as sRGB, which it now is
+        except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+            log.warning("codec_cmyk_profile_unusable", error=str(exc))
+    return im.convert("RGB"), None
+
+
+def _encode(im: Image.Image, quality: int, icc: bytes | None, alpha: bool) -> tuple[bytes, str]:
+    """Encode with explicit parameters only: Pillow copies some metadata (e.g. JPEG comments, a PNG's
+    profile) from `im.info` unless told otherwise, so `info` is emptied first."""
+    im.info = {}
+    extra = {"icc_profile": icc} if icc else {}
+    out = BytesIO()
+    side = max(im.size)
+    if alpha and side <= WEBP_MAX_SIDE:
+        im.save(out, "WEBP", quality=quality, method=WEBP_METHOD, **extra)
+        return out.getvalue(), "image/webp"
+    if not alpha and side <= JPEG_MAX_SIDE:
+        im.save(out, "JPEG", quality=quality, optimize=JPEG_OPTIMIZE, **extra)
+        return out.getvalue(), "image/jpeg"
+    im.save(out, "PNG", **extra)  # too wide for WebP/JPEG: lossless, but at least it works
+    return out.getvalue(), "image/png"
+
+
+# --- animations ---------------------------------------------------------------------------------------------
+
+
+def _compress_animation(
+    im: ImageFile.ImageFile, data: bytes, quality: int, max_pixels: int
+) -> CompressedImage:
+    fmt, info = im.format, dict(im.info)
+    width, height = im.size
+    frames: int = _decoding(lambda: getattr(im, "n_frames", 1))
+    if frames * width * height > max_pixels:
+        raise ImageRejected(
+            f"animation too large: {frames} frames of {width}x{height} exceed {max_pixels:,} pixels", "bomb"
+        )
+
+    # Walking the frames decodes each one: it finds corrupt or truncated frames before the encoder does,
+    # and collects the per-frame durations (the WebP encoder only reads the first frame's otherwise).
+    def decode_frame(index: int) -> None:
+        im.seek(index)
+        im.load()
+
+    durations = []
+    for index in range(frames):
+        _decoding(lambda: decode_frame(index))  # noqa: B023 - called right away, inside the iteration
+        if im.size != (width, height):
+            raise ImageRejected("unsupported animation: frames change the canvas size", "unsupported")
+        durations.append(int(im.info.get("duration", 0)))
+    im.seek(0)
+    out = BytesIO()
+    icc = info.get("icc_profile") or None
+    try:
+        im.save(
+            out,
+            "WEBP",
+            save_all=True,
+            duration=durations,
+            loop=info.get("loop", 1),  # a GIF without a loop extension plays once
+            background=(0, 0, 0, 0),  # what browsers show around frames, as for GIF
+            quality=quality,
+            method=WEBP_METHOD,
+            **({"icc_profile": icc} if icc and _icc_colour_space(icc) == b"RGB " else {}),
+        )
+    except (OSError, ValueError) as exc:
+        raise ImageRejected(f"animation could not be re-encoded ({exc})", "unsupported") from exc
+    encoded = out.getvalue()
+    original = _clean_original(data, fmt, info, upright=True)
+    if original is not None and len(original) <= len(encoded):
+        assert fmt is not None
+        return CompressedImage(original, CONTENT_TYPES[fmt], True, width, height)
+    return CompressedImage(encoded, "image/webp", False, width, height)
+
+
+# --- keeping the original, without its metadata ----------------------------------------------------------
+
+
+def _clean_original(data: bytes, fmt: str | None, info: dict[Any, Any], upright: bool) -> bytes | None:
+    """The original image without private metadata, losslessly; None if we cannot offer that."""
+    if not upright or fmt not in CONTENT_TYPES:
+        return None  # removing EXIF would drop the rotation it asks for; TIFF is no web format
+    if fmt in ("JPEG", "MPO"):
+        return strip_jpeg(data)
+    if fmt == "PNG":
+        return strip_png(data)
+    return None if _METADATA_KEYS & info.keys() else data
+
+
+# JPEG APPn segments worth keeping, by marker and payload prefix. Everything else in APPn/COM is metadata:
+# EXIF and XMP (APP1), MPF (APP2, it points at appended images we drop), IPTC/Photoshop (APP13), comments.
+_JPEG_KEEP_APP = {0xE0: (b"JFIF\0", b"JFXX\0"), 0xE2: (b"ICC_PROFILE\0",), 0xEE: (b"Adobe",)}
+
+
+def strip_jpeg(data: bytes) -> bytes | None:
+    """`data` (a JPEG) without metadata segments and without anything after the first image's end (MPO
+    secondary images, gain maps, motion-photo videos). The image data is copied unchanged. None when the
+    structure is not what we understand, e.g. no end-of-image marker."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    out = [b"\xff\xd8"]
+    pos, end = 2, len(data)
+    while pos < end:
+        if data[pos] != 0xFF:
+            return None
+        while pos < end and data[pos] == 0xFF:  # fill bytes may precede any marker
+            pos += 1
+        if pos + 1 > end:
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:  # end of image
+            out.append(b"\xff\xd9")
+            return b"".join(out)
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no segment payload; not expected here
+            return None
+        if pos + 2 > end:
+            return None
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if length < 2 or pos + length > end:
+            return None
+        payload = data[pos + 2 : pos + length]
+        keep = marker not in range(0xE0, 0xF0) and marker != 0xFE
+        if marker in _JPEG_KEEP_APP:
+            keep = payload.startswith(_JPEG_KEEP_APP[marker])
+        if keep:
+            out += (bytes((0xFF, marker)), data[pos : pos + length])
+        pos += length
+        if marker == 0xDA:  # start of scan: entropy-coded data runs to the next real marker
+            scan_end = _jpeg_scan_end(data, pos)
+            if scan_end < 0:
+                return None
+            out.append(data[pos:scan_end])
+            pos = scan_end
+    return None
+
+
+def _jpeg_scan_end(data: bytes, pos: int) -> int:
+    """Index of the marker that ends the entropy-coded data starting at `pos`, or -1. Inside it, 0xFF is
+    followed by 0x00 (a stuffed byte), a restart marker (0xD0-0xD7) or another 0xFF (fill)."""
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return -1
+        following = data[pos + 1]
+        if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+            pos += 1
+            continue
+        return pos
+
+
+# PNG chunks that describe pixels or colour (and APNG frames); text, EXIF, time and private chunks go.
+_PNG_KEEP = frozenset(
+    {
+        b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"cHRM", b"gAMA", b"iCCP", b"sBIT", b"sRGB",
+        b"cICP", b"mDCV", b"cLLI", b"bKGD", b"pHYs", b"acTL", b"fcTL", b"fdAT",
+    }
+)  # fmt: skip
+
+
+def strip_png(data: bytes) -> bytes | None:
+    """`data` (a PNG) with only the chunks in `_PNG_KEEP`, up to IEND; None if its chunks are broken."""
+    signature = b"\x89PNG\r\n\x1a\n"
+    if not data.startswith(signature):
+        return None
+    out = [signature]
+    pos, end = len(signature), len(data)
+    while pos + 12 <= end:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        chunk_end = pos + 12 + length
+        if chunk_end > end:
+            return None
+        if kind in _PNG_KEEP:
+            out.append(data[pos:chunk_end])
+        if kind == b"IEND":
+            return b"".join(out)
+        pos = chunk_end
+    return None

@@ -1,0 +1,367 @@
+"""Downloads one image from an untrusted URL: SSRF-guarded, size- and time-bounded, retried when it may help.
+
+Every failure is a FetchError whose `reason` is short enough to show the uploader as-is and whose
+`permanent` flag tells the caller whether asking again later could change anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import aiohttp
+import structlog
+from aiohttp.abc import AbstractResolver
+from yarl import URL
+
+from shared.netguard import BlockedAddressError, guarded_session
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+log = structlog.get_logger()
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+_CHUNK = 64 * 1024
+_SNIFF_BYTES = 16  # enough for every signature below
+_HEADERS = {
+    "User-Agent": "imagepipe-fetcher/1.0",
+    "Accept": "image/*",
+    # Images don't gain from transfer compression, and identity keeps max_bytes a limit on the wire too.
+    "Accept-Encoding": "identity",
+}
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    allow_private: bool = False
+    max_bytes: int = 25 * 1024 * 1024
+    max_redirects: int = 5
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0  # longest silence while waiting for headers or the next body bytes
+    total_timeout: float = 60.0  # the whole fetch: every attempt, redirect and back-off sleep
+    attempts: int = 3
+    backoff: float = 0.5  # first retry waits about this long, doubling after each further failure
+    max_retry_after: float = 30.0  # cap on a server's Retry-After, so one origin can't park a worker
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FetchPolicy:
+        return cls(
+            allow_private=settings.fetch_allow_private,
+            max_bytes=settings.fetch_max_bytes,
+            max_redirects=settings.fetch_max_redirects,
+            connect_timeout=settings.fetch_connect_timeout,
+            read_timeout=settings.fetch_read_timeout,
+            total_timeout=settings.fetch_total_timeout,
+            attempts=max(1, settings.fetch_attempts),
+            backoff=settings.fetch_backoff,
+        )
+
+
+class FetchError(Exception):
+    """A download failed. `reason` is meant for humans; `permanent` means retrying later is pointless."""
+
+    def __init__(self, reason: str, *, permanent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+class _Retryable(FetchError):
+    """One attempt failed in a way another attempt may not; `retry_after` is the server's wish, if any."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason, permanent=False)
+        self.retry_after = retry_after
+
+
+class SafeFetcher:
+    """Fetches image bytes; one instance (one connection pool) per process, closed on shutdown."""
+
+    def __init__(self, policy: FetchPolicy, *, resolver: AbstractResolver | None = None) -> None:
+        # `resolver` replaces system DNS underneath the address guard; tests use it to map names.
+        self._policy = policy
+        self._resolver = resolver
+        self._session: aiohttp.ClientSession | None = None
+        # No per-request total: fetch() holds one deadline over all attempts, redirects and sleeps.
+        self._request_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=policy.connect_timeout, sock_read=policy.read_timeout
+        )
+
+    async def __aenter__(self) -> SafeFetcher:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def fetch(self, url: str) -> bytes:
+        """The body of `url` if it is an image within the limits; FetchError otherwise."""
+        policy = self._policy
+        start = _parse_url(url)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + policy.total_timeout
+        attempt = 0
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    attempt += 1
+                    try:
+                        return await self._attempt(start)
+                    except _Retryable as exc:
+                        failure = exc
+                    if attempt >= policy.attempts:
+                        raise FetchError(
+                            f"{failure.reason} after {_count(attempt, 'attempt')}", permanent=False
+                        ) from failure
+                    delay = self._delay(attempt, failure.retry_after)
+                    if loop.time() + delay >= deadline:
+                        # Sleeping into the deadline would only postpone the same answer.
+                        raise FetchError(
+                            f"{failure.reason}; no time left for a retry after {_count(attempt, 'attempt')}",
+                            permanent=False,
+                        ) from failure
+                    log.info(
+                        "fetch.retry",
+                        url=_loggable(start),
+                        attempt=attempt,
+                        reason=failure.reason,
+                        delay=round(delay, 3),
+                    )
+                    await asyncio.sleep(delay)
+        except TimeoutError:
+            raise FetchError(
+                f"timed out after {_count(attempt, 'attempt')} ({policy.total_timeout:g} s limit)",
+                permanent=False,
+            ) from None
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        base = self._policy.backoff * 2 ** (attempt - 1)
+        delay = random.uniform(base / 2, base)  # jitter: workers retrying one origin don't march in step
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self._policy.max_retry_after))
+        return delay
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created lazily: it needs the running loop
+            p = self._policy
+            self._session = guarded_session(
+                allow_private=p.allow_private,
+                connect_timeout=p.connect_timeout,
+                read_timeout=p.read_timeout,
+                total_timeout=p.total_timeout,
+                inner_resolver=self._resolver,
+            )
+        return self._session
+
+    async def _attempt(self, start: URL) -> bytes:
+        """One try: follow redirects by hand (each hop re-checked) and read the final body."""
+        session = self._get_session()
+        url = start
+        for _hop in range(self._policy.max_redirects + 1):
+            try:
+                async with session.get(
+                    url, allow_redirects=False, headers=_HEADERS, timeout=self._request_timeout
+                ) as resp:
+                    if resp.status in _REDIRECTS:
+                        url = _redirect_target(resp)
+                        continue
+                    _check_status(resp)
+                    return await self._read_body(resp)
+            except FetchError:
+                raise
+            except BlockedAddressError as exc:
+                raise FetchError(f"refused address {exc.ip} ({exc.reason})", permanent=True) from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _classify(exc, url) from exc
+        raise FetchError(f"too many redirects (more than {self._policy.max_redirects})", permanent=True)
+
+    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        limit = self._policy.max_bytes
+        declared = resp.content_length
+        if declared is not None and declared > limit:
+            raise FetchError(
+                f"body exceeds {_size(limit)} limit (Content-Length {_size(declared)})", permanent=True
+            )
+        body = bytearray()
+        sniffed = False
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise FetchError(f"body exceeds {_size(limit)} limit", permanent=True)
+            if not sniffed and len(body) >= _SNIFF_BYTES:
+                _require_image(body)  # fail on the first bytes, not after downloading a web page
+                sniffed = True
+        if not sniffed:
+            _require_image(body)
+        return bytes(body)
+
+
+def _parse_url(raw: str) -> URL:
+    try:
+        url = URL(raw.strip())
+    except (ValueError, TypeError):
+        raise FetchError("invalid URL", permanent=True) from None
+    _check_url(url)
+    return url
+
+
+def _check_url(url: URL) -> None:
+    if not url.scheme:
+        raise FetchError("not an absolute http(s) URL", permanent=True)
+    if url.scheme not in ("http", "https"):
+        raise FetchError(f"unsupported URL scheme {url.scheme!r} (only http and https)", permanent=True)
+    if not url.raw_host:
+        raise FetchError("URL has no host", permanent=True)
+
+
+def _redirect_target(resp: aiohttp.ClientResponse) -> URL:
+    location = resp.headers.get("Location")
+    if not location:
+        raise FetchError(f"HTTP {resp.status} redirect without a Location", permanent=True)
+    try:
+        target = resp.url.join(URL(location))  # handles relative Locations
+    except (ValueError, TypeError):
+        raise FetchError("invalid redirect Location", permanent=True) from None
+    try:
+        _check_url(target)
+    except FetchError as exc:
+        raise FetchError(f"redirect to {exc.reason}", permanent=True) from None
+    return target
+
+
+def _check_status(resp: aiohttp.ClientResponse) -> None:
+    status = resp.status
+    if 200 <= status < 300:
+        return
+    reason = f"HTTP {status} from origin"
+    if status >= 500 or status in _RETRYABLE_4XX:
+        retry_after = None
+        if status in (429, 503):
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        raise _Retryable(reason, retry_after)
+    raise FetchError(reason, permanent=True)
+
+
+def _classify(exc: BaseException, url: URL) -> FetchError:
+    """Map an aiohttp failure onto a reason and whether retrying may help."""
+    host = url.host or "?"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        # gaierror's EAI_NONAME: the name does not exist, which a retry won't change.
+        if getattr(exc.os_error, "errno", None) == socket.EAI_NONAME:
+            return FetchError(f"host not found: {host}", permanent=True)
+        return _Retryable(f"DNS lookup failed for {host}")
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return FetchError(f"TLS error talking to {host}", permanent=True)
+    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError)):
+        return _Retryable("timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _Retryable(f"could not connect to {host}:{url.port}")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return FetchError("invalid URL", permanent=True)
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)):
+        return _Retryable("connection dropped by origin")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return FetchError("malformed HTTP response from origin", permanent=True)
+    return _Retryable(f"request failed ({type(exc).__name__})")
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or HTTP-date), or None if absent/garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+# (offset, magic) pairs; all must match. Order doesn't matter: the signatures don't overlap.
+_SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
+    ("jpeg", ((0, b"\xff\xd8\xff"),)),
+    ("png", ((0, b"\x89PNG\r\n\x1a\n"),)),
+    ("gif", ((0, b"GIF87a"),)),
+    ("gif", ((0, b"GIF89a"),)),
+    ("webp", ((0, b"RIFF"), (8, b"WEBP"))),
+    ("bmp", ((0, b"BM"),)),
+    ("tiff", ((0, b"II*\x00"),)),
+    ("tiff", ((0, b"MM\x00*"),)),
+)
+# ISO-BMFF brands (bytes 8..12 after "ftyp" at 4..8) of still-image formats.
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+
+
+def sniff_image(head: bytes | bytearray) -> str | None:
+    """The image format the first bytes announce ("jpeg", "png", ...), or None. Content-Type is ignored."""
+    for name, parts in _SIGNATURES:
+        if all(head[off : off + len(magic)] == magic for off, magic in parts):
+            return name
+    if head[4:8] == b"ftyp":
+        brand = bytes(head[8:12])
+        if brand in _AVIF_BRANDS:
+            return "avif"
+        if brand in _HEIF_BRANDS:
+            return "heif"
+    return None
+
+
+def describe_non_image(head: bytes | bytearray) -> str:
+    """A guess at what a non-image body is, for the error message."""
+    if not head:
+        return "empty body"
+    text = bytes(head[:512]).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<!--", b"<meta", b"<title")):
+        return "looks like HTML"
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
+        return "looks like SVG, which is not supported"
+    if text.startswith(b"<?xml"):
+        return "looks like XML"
+    if text.startswith((b"{", b"[")):
+        return "looks like JSON"
+    if head.startswith(b"%PDF"):
+        return "looks like PDF"
+    if head.startswith(b"PK\x03\x04"):
+        return "looks like a ZIP archive"
+    if head.startswith(b"\x1f\x8b"):
+        return "looks like gzip data"
+    if any(b < 9 or 13 < b < 32 for b in head[:512]):  # control bytes: not text in any common encoding
+        return "unknown binary format"
+    return "looks like text"
+
+
+def _require_image(head: bytes | bytearray) -> None:
+    if sniff_image(head) is None:
+        raise FetchError(f"not an image ({describe_non_image(head)})", permanent=True)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _loggable(url: URL) -> str:
+    # Query strings of image URLs often carry signatures or tokens: keep them out of logs.
+    return str(url.with_query(None).with_fragment(None).with_user(None))

@@ -1,0 +1,152 @@
+"""Compress one requested image: fetch it, re-encode it off the event loop, store it, report the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+from prometheus_client import Counter, Histogram
+
+from services.compressor.codec import CompressedImage, ImageRejected, compress
+from services.compressor.fetch import FetchError
+from shared.events import Event, ImageCompressed, ImageFailed, ImageRequested
+from shared.storage import Store
+
+log = structlog.get_logger()
+
+IMAGES = Counter("imagepipe_compressor_images_total", "Images handled, by outcome", ["outcome"])
+BYTES = Counter("imagepipe_compressor_bytes_total", "Image bytes, by direction", ["direction"])
+SECONDS = Histogram("imagepipe_compressor_seconds", "Time per image, by stage", ["stage"])
+
+
+class Publisher(Protocol):
+    async def publish(self, event: Event) -> None: ...
+
+
+class Fetcher(Protocol):
+    async def fetch(self, url: str) -> bytes: ...
+
+
+class CodecPool:
+    """A pool of codec processes: decode/encode uses every core and never runs on the event loop.
+
+    A worker that dies (a crash in a native decoder) breaks the whole pool; we replace it and let the
+    message be retried, so one hostile file cannot take the service down.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
+
+    async def warm_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, int) for _ in range(self._workers)))
+
+    async def compress(self, data: bytes, quality: int, max_pixels: int) -> CompressedImage:
+        pool = self._pool
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, compress, data, quality, max_pixels)
+        except BrokenProcessPool:
+            if self._pool is pool:
+                log.error("codec_pool_broken_replacing")
+                self._pool = self._new_pool()
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class Compressor:
+    store: Store
+    publisher: Publisher
+    fetcher: Fetcher
+    codec: CodecPool
+    quality: int
+    max_pixels: int
+
+    async def handle(self, event: Event) -> None:
+        assert isinstance(event, ImageRequested)
+        # A redelivery of work already stored: report it again rather than redo it.
+        stored = await self.store.file_info(event.file_id)
+        if stored is not None:
+            meta = stored["metadata"]
+            await self._compressed(
+                event, meta["contentType"], meta["input_bytes"], stored["length"], meta["kept_original"]
+            )
+            return
+
+        with SECONDS.labels("fetch").time():
+            try:
+                original = await self.fetcher.fetch(event.url)
+            except FetchError as exc:
+                if not exc.permanent:
+                    raise  # the bus retries it with a delay, then parks it (see on_parked)
+                await self._failed(event, exc.reason)
+                return
+        with SECONDS.labels("codec").time():
+            try:
+                image = await self.codec.compress(original, self.quality, self.max_pixels)
+            except ImageRejected as exc:
+                await self._failed(event, exc.reason)
+                return
+        with SECONDS.labels("store").time():
+            await self.store.put_file(
+                event.file_id,
+                image.data,
+                filename=event.url.rsplit("/", 1)[-1][:200] or "image",
+                metadata={
+                    "contentType": image.content_type,
+                    "request_id": event.request_id,
+                    "index": event.index,
+                    "input_bytes": len(original),
+                    "kept_original": image.kept_original,
+                },
+            )
+        BYTES.labels("in").inc(len(original))
+        BYTES.labels("out").inc(len(image.data))
+        await self._compressed(event, image.content_type, len(original), len(image.data), image.kept_original)
+
+    async def on_parked(self, event: Event, reason: str) -> None:
+        """Every retry failed: the image still needs an outcome, or its request would never complete."""
+        if isinstance(event, ImageRequested):
+            await self._failed(event, reason)
+
+    async def _compressed(
+        self,
+        event: ImageRequested,
+        content_type: str,
+        input_bytes: int,
+        output_bytes: int,
+        kept_original: bool,
+    ) -> None:
+        IMAGES.labels("compressed").inc()
+        await self.publisher.publish(
+            ImageCompressed(
+                request_id=event.request_id,
+                index=event.index,
+                url=event.url,
+                file_id=event.file_id,
+                content_type=content_type,
+                input_bytes=input_bytes,
+                output_bytes=output_bytes,
+                kept_original=kept_original,
+            )
+        )
+        log.info("image_compressed", index=event.index, input_bytes=input_bytes, output_bytes=output_bytes)
+
+    async def _failed(self, event: ImageRequested, reason: str) -> None:
+        IMAGES.labels("failed").inc()
+        await self.publisher.publish(
+            ImageFailed(request_id=event.request_id, index=event.index, url=event.url, reason=reason)
+        )
+        log.warning("image_failed", index=event.index, url=event.url, reason=reason)

@@ -1,0 +1,28 @@
+"""Notifier service: emails the output CSV and calls the uploader's webhook when a request completes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.notifier.handler import Notifier
+from services.notifier.mailer import mailer_from_settings
+from shared.netguard import guarded_session
+from shared.runtime import Runtime, run_service
+
+
+async def start(rt: Runtime) -> None:
+    s = rt.settings
+    # Webhook URLs are the uploader's: as untrusted as image URLs, so the same address guard applies.
+    http = guarded_session(
+        allow_private=s.fetch_allow_private,
+        connect_timeout=s.fetch_connect_timeout,
+        read_timeout=s.notify_timeout,
+        total_timeout=s.notify_timeout,
+    )
+    rt.on_close.append(http.close)
+    notifier = Notifier(rt.store, mailer_from_settings(s), http, s)
+    await rt.bus.consume("notifier", notifier.handle, prefetch=16)
+
+
+if __name__ == "__main__":
+    asyncio.run(run_service("notifier", start))

@@ -1,0 +1,18 @@
+"""Status service: projects image outcomes into the read model and publishes RequestCompleted."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.status.projection import StatusProjection
+from shared.runtime import Runtime, run_service
+
+
+async def start(rt: Runtime) -> None:
+    projection = StatusProjection(rt.store, rt.bus)
+    rt.spawn(projection.sweep_forever(), "completion-sweeper")
+    await rt.bus.consume("status", projection.handle, prefetch=32)
+
+
+if __name__ == "__main__":
+    asyncio.run(run_service("status", start))

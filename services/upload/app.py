@@ -1,0 +1,461 @@
+"""The API gateway: upload a CSV, follow its status, fetch images and the output CSV, re-send notices.
+
+Writes go through the outbox (see relay.py); reads come straight from the read model the status service
+maintains. Every error body has the same shape:
+
+    {"error": "<summary>", "problems": [{"row": 3, "column": "Product Name", "reason": "is blank"}]}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from email_validator import EmailNotValidError, validate_email
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from gridfs.errors import NoFile
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from pymongo.errors import PyMongoError
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.notifier.webhook import verify as verify_webhook_signature
+from services.upload.csv_input import CsvLimits, CsvReader, CsvRejected, Problem
+from services.upload.relay import OutboxRelay
+from shared.bus import EventBus
+from shared.events import NotificationRequested
+from shared.read_model import iter_rows, output_csv
+from shared.runtime import connect_with_retry
+from shared.settings import Settings, get_settings
+from shared.storage import ROWS_PER_CHUNK, Store, connect_store, request_range, row_chunk_key
+
+log = structlog.get_logger()
+
+UPLOADS = Counter("imagepipe_upload_requests_total", "Upload attempts, by outcome", ["outcome"])
+FILE_ID = re.compile(r"^[0-9a-f]{32}$")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, problems: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.problems = status, error, problems or []
+
+
+def problem(
+    reason: str, *, field: str | None = None, row: int | None = None, column: str | None = None
+) -> dict[str, Any]:
+    return {"row": row, "column": column, "field": field, "reason": reason}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    store = connect_store(settings)
+    bus = EventBus(settings)
+    relay = OutboxRelay(store, bus)
+    limits = CsvLimits.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stopping = asyncio.Event()
+        await store.ensure_indexes_with_retry(stopping)
+        # The API starts without the broker: uploads are stored and the relay publishes them once it is back.
+        connecting = asyncio.create_task(connect_with_retry(bus, stopping))
+        relaying = asyncio.create_task(_after(connecting, relay.run_forever))
+        yield
+        stopping.set()
+        for task in (connecting, relaying):
+            task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+        await bus.close()
+        await store.close()
+
+    app = FastAPI(title="imagepipe", version="1.0", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, path="/upload", max_bytes=settings.max_csv_bytes + 64 * 1024)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        return JSONResponse(
+            {"error": exc.error, "problems": exc.problems}, status_code=exc.status, headers=headers
+        )
+
+    async def require_api_key(request: Request) -> None:
+        if not settings.api_keys:
+            return
+        presented = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
+            "Bearer "
+        )
+        if not any(
+            hmac.compare_digest(presented.encode(), k.get_secret_value().encode()) for k in settings.api_keys
+        ):
+            raise ApiError(401, "missing or invalid API key (send it as X-API-Key)")
+
+    # --- upload ---------------------------------------------------------------------------------------
+    @app.post("/upload", status_code=202, dependencies=[Depends(require_api_key)])
+    async def upload(request: Request) -> JSONResponse:
+        form = await request.form(max_files=1, max_fields=10)
+        file = form.get("file")
+        email = _text(form.get("email")) or request.query_params.get("email", "").strip()
+        webhook_url = (
+            _text(form.get("webhook_url")) or request.query_params.get("webhook_url", "").strip() or None
+        )
+        problems = _form_problems(file, email, webhook_url)
+        if problems:
+            UPLOADS.labels("rejected").inc()
+            raise ApiError(422 if file is not None else 400, "invalid form fields", problems)
+        assert isinstance(file, UploadFile)
+        if file.size is not None and file.size > settings.max_csv_bytes:
+            raise ApiError(
+                413,
+                f"CSV is larger than the {settings.max_csv_bytes} byte limit",
+                [problem(f"{file.size} bytes; the limit is {settings.max_csv_bytes}", field="file")],
+            )
+
+        request_id = secrets.token_urlsafe(16)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            accepted = await _store_request(store, limits, request_id, file, email, webhook_url)
+        except CsvRejected as exc:
+            UPLOADS.labels("rejected").inc()
+            await _discard(store, request_id)
+            raise ApiError(
+                exc.status_code,
+                "the CSV was rejected; nothing was queued",
+                [_problem(p) for p in exc.problems],
+            ) from None
+        except PyMongoError as exc:
+            UPLOADS.labels("unavailable").inc()
+            log.error("upload_storage_failed", error=str(exc)[:200])
+            await _discard(store, request_id)
+            raise ApiError(503, "storage is unavailable; nothing was accepted, try again shortly") from None
+        relay.kick()
+        UPLOADS.labels("accepted").inc()
+        log.info("upload_accepted", products=accepted["total_products"], images=accepted["total_images"])
+        return JSONResponse(
+            {
+                "request_id": request_id,
+                "status": "PENDING",
+                "status_url": f"{settings.base_url}/status/{request_id}",
+                "output_csv_url": f"{settings.base_url}/output/{request_id}",
+                "products": accepted["total_products"],
+                "images": accepted["total_images"],
+            },
+            status_code=202,
+        )
+
+    # --- reads ----------------------------------------------------------------------------------------
+    @app.get("/status/{request_id}", dependencies=[Depends(require_api_key)])
+    async def status(request_id: str, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        if offset < 0 or not 1 <= limit <= 1000:
+            raise ApiError(
+                400, "invalid paging", [problem("offset >= 0 and 1 <= limit <= 1000", field="limit")]
+            )
+        doc = await _request_or_404(store, request_id, projection={"rows": 0})
+        done = doc["no_img_compressed"] + doc["no_img_failed"]
+        products = [
+            {
+                "serial_number": row["serial"],
+                "product_name": row["name"],
+                "input_urls": row["urls"],
+                "output_urls": [
+                    f"{settings.base_url}/image/{o['file_id']}" if o and o["status"] == "COMPRESSED" else None
+                    for o in outcomes
+                ],
+                "failed": [
+                    {"url": o["url"], "reason": o["reason"]}
+                    for o in outcomes
+                    if o and o["status"] == "FAILED"
+                ],
+            }
+            async for row, outcomes in iter_rows(store, request_id, offset, limit)
+        ]
+        body: dict[str, Any] = {
+            "request_id": request_id,
+            "status": doc["status"],
+            "progress": round(100 * done / doc["total_images"], 1) if doc["total_images"] else 100.0,
+            "total_images": doc["total_images"],
+            "no_img_compressed": doc["no_img_compressed"],
+            "no_img_failed": doc["no_img_failed"],
+            "total_products": doc["total_products"],
+            "bytes_in": doc.get("bytes_in", 0),
+            "bytes_out": doc.get("bytes_out", 0),
+            "created_at": doc["created_at"].isoformat(),
+            "completed_at": doc["completed_at"].isoformat() if doc.get("completed_at") else None,
+            "failures": doc.get("failures", []),
+            "output_csv_url": f"{settings.base_url}/output/{request_id}"
+            if doc["status"] == "COMPLETED"
+            else None,
+            "product_details": products,
+            "page": {"offset": offset, "limit": limit, "total_products": doc["total_products"]},
+            "notifications": doc.get("notifications", []),
+        }
+        return body
+
+    @app.get("/image/{file_id}")
+    async def image(file_id: str) -> Response:
+        # Public by design: the id is an unguessable capability, and these links go out in CSVs and emails.
+        if not FILE_ID.match(file_id):
+            raise ApiError(404, "no such image")
+        try:
+            grid_out = await store.open_file(file_id)
+        except NoFile:
+            raise ApiError(404, "no such image") from None
+        content_type = (grid_out.metadata or {}).get("contentType", "application/octet-stream")
+
+        async def body() -> AsyncIterator[bytes]:
+            while chunk := await grid_out.readchunk():
+                yield chunk
+
+        return StreamingResponse(
+            body(),
+            media_type=content_type,
+            headers={
+                "Content-Length": str(grid_out.length),
+                "Cache-Control": "public, max-age=31536000, immutable",
+            },
+        )
+
+    @app.get("/output/{request_id}", dependencies=[Depends(require_api_key)])
+    async def output(request_id: str) -> StreamingResponse:
+        doc = await _request_or_404(store, request_id, projection={"status": 1, "columns": 1})
+        if doc["status"] != "COMPLETED":
+            raise ApiError(409, "the request is not complete yet; the output CSV exists once it is")
+        return StreamingResponse(
+            output_csv(store, request_id, doc["columns"], settings.base_url),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="imagepipe-{request_id}.csv"'},
+        )
+
+    # --- re-notify ------------------------------------------------------------------------------------
+    @app.post("/webhook-completed", status_code=202)
+    async def webhook_completed(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        await _authorise_renotify(settings, request, raw, require_api_key)
+        request_id = await _request_id_from(request, raw)
+        doc = await _request_or_404(store, request_id, projection={"status": 1})
+        if doc["status"] != "COMPLETED":
+            raise ApiError(409, "the request is not complete yet; its notification goes out when it is")
+        try:
+            await bus.publish(NotificationRequested(request_id=request_id))
+        except Exception:
+            raise ApiError(503, "the message broker is unavailable; try again shortly") from None
+        log.info("renotify_requested", request_id=request_id)
+        return {"request_id": request_id, "notification": "queued"}
+
+    # --- operations -----------------------------------------------------------------------------------
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": "upload"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        db = await store.ping()
+        ok = db and bus.is_ready
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "database": db, "broker": bus.is_ready},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.state.store, app.state.bus, app.state.relay = store, bus, relay
+    return app
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+async def _after(first: asyncio.Task[None], then: Callable[[], Awaitable[None]]) -> None:
+    await first
+    await then()
+
+
+def _text(value: object) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _problem(p: Problem) -> dict[str, Any]:
+    return problem(p.reason, row=p.row, column=p.column)
+
+
+def _form_problems(file: object, email: str, webhook_url: str | None) -> list[dict[str, Any]]:
+    problems = []
+    if not isinstance(file, UploadFile):
+        problems.append(problem("a CSV file is required as the multipart field 'file'", field="file"))
+    if not email:
+        problems.append(
+            problem("an email address is required (form field or query parameter 'email')", field="email")
+        )
+    else:
+        try:
+            validate_email(email, check_deliverability=False)
+        except EmailNotValidError as exc:
+            problems.append(problem(f"invalid email address: {exc}", field="email"))
+    if webhook_url is not None:
+        parts = urlsplit(webhook_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or len(webhook_url) > 2048:
+            problems.append(problem("webhook_url must be an absolute http(s) URL", field="webhook_url"))
+    return problems
+
+
+async def _store_request(
+    store: Store, limits: CsvLimits, request_id: str, file: UploadFile, email: str, webhook_url: str | None
+) -> dict[str, Any]:
+    """Validate the CSV while streaming its rows into the database; the request document comes last, so
+    nothing is visible (or published) unless the whole file is valid and stored."""
+    reader = CsvReader(file.file, limits)
+    chunks = reader.chunks(ROWS_PER_CHUNK)
+    chunk_no = images = products = 0
+    while (rows := await asyncio.to_thread(next, chunks, None)) is not None:
+        if reader.problems:
+            continue  # keep reading to report every problem, but store nothing more
+        await store.rows.insert_one(
+            {
+                "_id": row_chunk_key(request_id, chunk_no),
+                "first_image": images,
+                "rows": [
+                    {"serial": r.serial, "name": r.name, "urls": list(r.urls), "cells": list(r.cells)}
+                    for r in rows
+                ],
+            }
+        )
+        chunk_no += 1
+        products += len(rows)
+        images += sum(len(r.urls) for r in rows)
+    reader.raise_if_invalid()
+    now = datetime.now(UTC)
+    doc = {
+        "_id": request_id,
+        "status": "PENDING",
+        "email": email,
+        "webhook_url": webhook_url,
+        "columns": reader.columns,
+        "total_products": products,
+        "total_images": images,
+        "row_chunks": chunk_no,
+        "no_img_compressed": 0,
+        "no_img_failed": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "created_at": now,
+        # outbox bookkeeping (relay.py)
+        "outbox_pending": True,
+        "published_chunks": 0,
+        "lease_until": datetime.fromtimestamp(0, UTC),
+    }
+    await store.requests.insert_one(doc)
+    return doc
+
+
+async def _discard(store: Store, request_id: str) -> None:
+    with suppress(PyMongoError):
+        await store.rows.delete_many({"_id": request_range(request_id)})
+
+
+async def _request_or_404(store: Store, request_id: str, projection: dict[str, int]) -> dict[str, Any]:
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    doc = (
+        await store.requests.find_one({"_id": request_id}, projection=projection)
+        if REQUEST_ID.match(request_id)
+        else None
+    )
+    if doc is None:
+        raise ApiError(404, f"unknown request_id {request_id!r}")
+    return doc
+
+
+async def _request_id_from(request: Request, raw: bytes) -> str:
+    request_id = request.query_params.get("request_id")
+    content_type = request.headers.get("content-type", "")
+    if not request_id and content_type.startswith("application/json") and raw:
+        import json
+
+        try:
+            body = json.loads(raw)
+            request_id = body.get("request_id") if isinstance(body, dict) else None
+        except ValueError:
+            raise ApiError(400, "the body is not valid JSON") from None
+    elif not request_id and content_type.startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        request_id = _text((await request.form()).get("request_id"))
+    if not request_id or not isinstance(request_id, str):
+        raise ApiError(
+            400, "request_id is required", [problem('send {"request_id": "..."}', field="request_id")]
+        )
+    return request_id
+
+
+async def _authorise_renotify(
+    settings: Settings, request: Request, raw: bytes, require_api_key: Callable[[Request], Awaitable[None]]
+) -> None:
+    """With auth on, either an API key or a valid Standard Webhooks signature will do."""
+    if not settings.api_keys:
+        return
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    if secret and "webhook-signature" in request.headers:
+        if verify_webhook_signature(secret, dict(request.headers), raw):
+            return
+        raise ApiError(401, "invalid webhook signature")
+    await require_api_key(request)
+
+
+class BodySizeLimit:
+    """Refuse an oversized upload with 413 while it streams in, before it is parsed or spooled."""
+
+    def __init__(self, app: ASGIApp, path: str, max_bytes: int) -> None:
+        self.app, self.path, self.max_bytes = app, path, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._reject(send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = (
+            b'{"error": "the upload is larger than the limit", "problems": [{"row": null, "column": null, '
+            b'"field": "file", "reason": "request body exceeds '
+            + str(self.max_bytes).encode()
+            + b' bytes"}]}'
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass

@@ -1,0 +1,101 @@
+"""The upload's outbox: publishes the ImageRequested events of accepted requests.
+
+An accepted request is stored first (its rows and its request document, flagged `outbox_pending`), and
+only then published, chunk by chunk, recording after each confirmed chunk how far it got. If the broker
+is down or the process dies midway, the next pass (on start-up, then every few seconds) resumes from the
+last recorded chunk; at most one chunk is published twice, which the idempotent consumers absorb.
+A lease keeps two gateway replicas from publishing the same request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import structlog
+from prometheus_client import Counter
+from pymongo import ReturnDocument
+
+from shared.events import Event, ImageRequested
+from shared.storage import Doc, Store, output_file_id, row_chunk_key
+
+log = structlog.get_logger()
+
+PUBLISHED = Counter("imagepipe_upload_events_published_total", "ImageRequested events published")
+LEASE = timedelta(seconds=60)
+
+
+class Publisher(Protocol):
+    async def publish_many(self, events: list[Event]) -> None: ...
+
+
+class OutboxRelay:
+    def __init__(self, store: Store, publisher: Publisher, interval: float = 3.0) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.interval = interval
+        self._kick = asyncio.Event()
+
+    def kick(self) -> None:
+        """A request was just accepted: publish now rather than at the next tick."""
+        self._kick.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            self._kick.clear()
+            try:
+                while await self.publish_next():
+                    pass
+            except Exception as exc:  # broker or database outage: the work stays pending; retry next tick
+                log.warning("outbox_publish_failed", error=str(exc)[:200])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.interval)
+
+    async def publish_next(self) -> bool:
+        """Claim one pending request and publish the rest of its events. False when none is pending."""
+        now = datetime.now(UTC)
+        request = await self.store.requests.find_one_and_update(
+            {"outbox_pending": True, "lease_until": {"$lt": now}},
+            {"$set": {"lease_until": now + LEASE}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if request is None:
+            return False
+        with structlog.contextvars.bound_contextvars(request_id=request["_id"]):
+            await self._publish(request)
+        return True
+
+    async def _publish(self, request: Doc) -> None:
+        request_id = request["_id"]
+        for chunk_no in range(request["published_chunks"], request["row_chunks"]):
+            chunk = await self.store.rows.find_one({"_id": row_chunk_key(request_id, chunk_no)})
+            assert chunk is not None, f"row chunk {chunk_no} of {request_id} is missing"
+            events: list[Event] = []
+            index = chunk["first_image"]
+            for row in chunk["rows"]:
+                for url in row["urls"]:
+                    events.append(
+                        ImageRequested(
+                            request_id=request_id,
+                            index=index,
+                            url=url,
+                            file_id=output_file_id(request_id, index),
+                        )
+                    )
+                    index += 1
+            await self.publisher.publish_many(events)
+            PUBLISHED.inc(len(events))
+            await self.store.requests.update_one(
+                {"_id": request_id},
+                {"$set": {"published_chunks": chunk_no + 1, "lease_until": datetime.now(UTC) + LEASE}},
+            )
+        await self.store.requests.update_one(
+            {"_id": request_id},
+            {
+                "$unset": {"outbox_pending": "", "lease_until": ""},
+                "$set": {"published_at": datetime.now(UTC)},
+            },
+        )
+        log.info("request_published", images=request["total_images"])

@@ -1,0 +1,95 @@
+"""Integration events: small immutable records, named in the past tense, versioned.
+
+Each event class carries its routing key; `parse_event` turns a message body back into the right class.
+Adding a field with a default is a compatible change; anything else gets a new `version`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    routing_key: ClassVar[str]
+    version: int = 1
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str
+    occurred_at: datetime = Field(default_factory=_now)
+
+
+class ImageRequested(Event):
+    """The upload accepted a request; image `index` (0-based, in CSV order) must be compressed."""
+
+    routing_key: ClassVar[str] = "image.requested"
+    type: Literal["ImageRequested"] = "ImageRequested"
+    index: int
+    url: str
+    file_id: str  # where the output goes: deterministic, so a redelivery overwrites instead of orphaning
+
+
+class ImageCompressed(Event):
+    routing_key: ClassVar[str] = "image.compressed"
+    type: Literal["ImageCompressed"] = "ImageCompressed"
+    index: int
+    url: str
+    file_id: str
+    content_type: str
+    input_bytes: int
+    output_bytes: int
+    kept_original: bool = False  # re-encoding would have grown the image, so its original bytes are kept
+
+
+class ImageFailed(Event):
+    routing_key: ClassVar[str] = "image.failed"
+    type: Literal["ImageFailed"] = "ImageFailed"
+    index: int
+    url: str
+    reason: str
+
+
+class RequestCompleted(Event):
+    """Every image of the request has an outcome. Published once per request, with a stable event_id."""
+
+    routing_key: ClassVar[str] = "request.completed"
+    type: Literal["RequestCompleted"] = "RequestCompleted"
+    total_images: int
+    compressed: int
+    failed: int
+
+
+class NotificationRequested(Event):
+    """Someone asked explicitly (POST /webhook-completed) for the completion notice to be sent again."""
+
+    routing_key: ClassVar[str] = "notification.requested"
+    type: Literal["NotificationRequested"] = "NotificationRequested"
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (ImageRequested, ImageCompressed, ImageFailed, RequestCompleted, NotificationRequested)
+}
+
+
+class MalformedEvent(ValueError):
+    """A message body that is not a known event: it is parked, never retried."""
+
+
+def parse_event(body: bytes) -> Event:
+    import json
+
+    try:
+        raw = json.loads(body)
+        cls = EVENT_TYPES[raw["type"]]
+        return cls.model_validate(raw)
+    except Exception as exc:  # any shape problem is the same problem: the message is unusable
+        raise MalformedEvent(f"unparseable event: {exc}"[:500]) from exc

@@ -1,0 +1,92 @@
+"""The output CSV: the input's columns, unchanged, plus `Output Image Urls`, safe to open in a spreadsheet.
+
+* Formula injection: a cell starting with = + - @ TAB or CR is prefixed with a single quote, as the OWASP
+  "CSV Injection" guidance says, so a spreadsheet shows it as text instead of evaluating it. The price is
+  that a harmless value such as "-5% sale" or "+1" also gets the quote; we accept that. URLs and
+  "FAILED: …" entries start with a letter, so they are never touched.
+* Encoding: UTF-8 with a BOM, because Excel needs the BOM to read UTF-8 (non-Latin product names) and CSV
+  readers that know UTF-8 (ours included) skip it. Lines end in CRLF (RFC 4180), cells are quoted only
+  when needed.
+* `Output Image Urls` holds one entry per input URL, in the same order, joined with ", ". Entries are
+  formatted by the caller (an output URL, or `failed_entry(reason)`), and must not contain a comma.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from typing import Final
+
+OUTPUT_COLUMN: Final = "Output Image Urls"
+SEPARATOR: Final = ", "
+_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+_FLUSH_AT: Final = 64 * 1024  # characters buffered before a piece is handed to the response
+
+
+def neutralise(cell: str) -> str:
+    """`cell`, made inert for spreadsheets (see the module docstring)."""
+    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+
+
+def failed_entry(reason: str) -> str:
+    """The `Output Image Urls` entry for an image that could not be compressed. Commas and line breaks
+    in the reason are replaced, so the cell still splits into exactly one entry per input URL."""
+    clean = " ".join(reason.replace(",", ";").split())
+    return f"FAILED: {clean}" if clean else "FAILED"
+
+
+def output_header(columns: Sequence[str]) -> list[str]:
+    return [*(neutralise(c) for c in columns), OUTPUT_COLUMN]
+
+
+def output_row(cells: Sequence[str], outputs: Sequence[str]) -> list[str]:
+    """One output row: the input `cells`, then `outputs` (aligned 1:1 with the input URLs) in one cell."""
+    return [*(neutralise(c) for c in cells), neutralise(SEPARATOR.join(outputs))]
+
+
+class _Encoder:
+    """csv.writer into a string buffer, drained as UTF-8 bytes (with the BOM first) in large pieces."""
+
+    def __init__(self) -> None:
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer)  # excel dialect: CRLF, minimal quoting
+        self._bom_sent = False
+
+    def write(self, row: Sequence[str]) -> None:
+        self._writer.writerow(row)
+
+    def full(self) -> bool:
+        return self._buffer.tell() >= _FLUSH_AT
+
+    def drain(self) -> bytes:
+        text = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        data = text.encode("utf-8")
+        if not self._bom_sent:
+            self._bom_sent = True
+            data = codecs.BOM_UTF8 + data
+        return data
+
+
+async def write_csv(rows: AsyncIterable[Sequence[str]]) -> AsyncIterator[bytes]:
+    """Encodes `rows` (header first) as the CSV's bytes, in pieces of about 64 KiB, for a streaming
+    response: memory stays bounded however many rows there are."""
+    encoder = _Encoder()
+    async for row in rows:
+        encoder.write(row)
+        if encoder.full():
+            yield encoder.drain()
+    yield encoder.drain()  # at least the BOM, so even an empty result is a valid UTF-8 CSV
+
+
+def iter_csv(rows: Iterable[Sequence[str]]) -> Iterator[bytes]:
+    """`write_csv` for a plain iterable."""
+    encoder = _Encoder()
+    for row in rows:
+        encoder.write(row)
+        if encoder.full():
+            yield encoder.drain()
+    yield encoder.drain()

@@ -1,0 +1,80 @@
+"""Queries over the request read model, shared by the API (status, output CSV) and the notifier (email)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+
+from shared.output_csv import output_header, output_row
+from shared.storage import ROWS_PER_CHUNK, Doc, Store, image_key, row_chunk_key
+
+
+def image_url(base_url: str, file_id: str) -> str:
+    return f"{base_url}/image/{file_id}"
+
+
+def output_cell(outcome: Doc | None, base_url: str) -> str:
+    """What the output CSV says for one image: its URL, or why it failed (commas would split the cell)."""
+    if outcome is None:
+        return "PENDING"
+    if outcome["status"] == "COMPRESSED":
+        return image_url(base_url, outcome["file_id"])
+    return "FAILED: " + str(outcome.get("reason", "unknown")).replace(",", ";")
+
+
+async def iter_rows(
+    store: Store, request_id: str, first_row: int = 0, limit: int | None = None
+) -> AsyncIterator[tuple[Doc, list[Doc | None]]]:
+    """Yield (row, outcome of each of its images, aligned with row["urls"]) in CSV order.
+
+    Both collections are read as contiguous `_id` ranges one chunk at a time, so memory stays bounded
+    and every read is on the primary index, however large the request.
+    """
+    remaining = limit
+    skip = first_row % ROWS_PER_CHUNK
+    cursor = store.rows.find(
+        {"_id": {"$gte": row_chunk_key(request_id, first_row // ROWS_PER_CHUNK), "$lt": f"{request_id};"}},
+        sort=[("_id", 1)],
+    )
+    async for chunk in cursor:
+        rows: list[Doc] = chunk["rows"]
+        first_image = chunk["first_image"] + sum(len(r["urls"]) for r in rows[:skip])
+        rows = rows[skip:] if remaining is None else rows[skip : skip + remaining]
+        skip = 0
+        end_image = first_image + sum(len(r["urls"]) for r in rows)
+        outcomes = {
+            doc["index"]: doc
+            async for doc in store.images.find(
+                {"_id": {"$gte": image_key(request_id, first_image), "$lt": image_key(request_id, end_image)}}
+            )
+        }
+        index = first_image
+        for row in rows:
+            yield row, [outcomes.get(i) for i in range(index, index + len(row["urls"]))]
+            index += len(row["urls"])
+        if remaining is not None:
+            remaining -= len(rows)
+            if remaining <= 0:
+                break
+    await cursor.close()
+
+
+async def output_csv(
+    store: Store, request_id: str, columns: list[str], base_url: str
+) -> AsyncIterator[bytes]:
+    """The output CSV, streamed: the input rows, then `Output Image Urls` aligned with the inputs."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(output_header(columns))
+    async for row, outcomes in iter_rows(store, request_id):
+        writer.writerow(output_row(row["cells"], [output_cell(o, base_url) for o in outcomes]))
+        if buffer.tell() > 64 * 1024:
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue().encode()
+
+
+async def output_csv_bytes(store: Store, request_id: str, columns: list[str], base_url: str) -> bytes:
+    return b"".join([part async for part in output_csv(store, request_id, columns, base_url)])

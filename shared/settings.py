@@ -1,0 +1,83 @@
+"""Every setting of every service, read once from `IMAGEPIPE_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMAGEPIPE_", extra="ignore")
+
+    # --- wiring ---------------------------------------------------------------------------------------
+    # The vhost is part of the URL; `bus_prefix` names the exchange and every queue, and `mongo_db` the
+    # database, so two deployments (say the test suite and `make run`) on one broker never share messages.
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    bus_prefix: str = "imagepipe"
+    mongo_url: str | None = None  # None: `make run` starts SecantusDB under data_dir and sets this
+    mongo_db: str = "imagepipe"
+    data_dir: Path = Path("./var")
+
+    # --- API ------------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_base_url: str | None = None  # absolute base for links we hand out; default http://host:port
+    api_keys: list[SecretStr] = Field(default_factory=list)  # empty: no auth (local mode)
+
+    # --- upload limits --------------------------------------------------------------------------------
+    max_csv_bytes: int = 20 * 1024 * 1024
+    max_rows: int = 100_000
+    max_urls_per_row: int = 50
+    max_images: int = 200_000
+    max_url_length: int = 2048
+
+    # --- compression ----------------------------------------------------------------------------------
+    quality: int = Field(default=50, ge=1, le=95)
+    max_pixels: int = 50_000_000  # decompression-bomb guard, checked from the header
+    codec_workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    max_in_flight: int = 8  # prefetch per compressor process: bounds its memory
+
+    # --- fetching untrusted URLs ----------------------------------------------------------------------
+    fetch_allow_private: bool = False
+    fetch_max_bytes: int = 25 * 1024 * 1024
+    fetch_max_redirects: int = 5
+    fetch_connect_timeout: float = 5.0
+    fetch_read_timeout: float = 15.0
+    fetch_total_timeout: float = 60.0
+    fetch_attempts: int = 3
+    fetch_backoff: float = 0.5
+
+    # --- delivery -------------------------------------------------------------------------------------
+    retry_delays_ms: list[int] = Field(default_factory=lambda: [1_000, 5_000, 30_000])
+
+    # --- notifications --------------------------------------------------------------------------------
+    smtp_host: str | None = None  # None: write .eml files under data_dir/mail
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    mail_from: str = "imagepipe@localhost"
+    webhook_secret: SecretStr | None = None  # Standard Webhooks secret, "whsec_<base64>"
+    notify_attempts: int = 5
+    notify_backoff: float = 1.0
+    notify_timeout: float = 10.0
+
+    # --- operations -----------------------------------------------------------------------------------
+    health_port: int = 0  # workers' /healthz, /readyz and /metrics; 0 picks a free port
+    log_level: str = "INFO"
+    log_json: bool = True
+    shutdown_grace: float = 20.0
+    compressors: int = 2  # how many compressor processes `make run` starts
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,142 @@
+"""Real parts for the integration, end-to-end and fault tests.
+
+One SecantusDB server and one RabbitMQ topology (under a unique prefix) per test session; tests isolate
+from each other through their own request ids, or their own prefix and database where they need it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from localrun.supervisor import Supervisor, free_port, secantus_argv, secantus_url, wait_for_port
+from shared.bus import SUBSCRIPTIONS, EventBus
+from shared.settings import Settings
+from shared.storage import Store, connect_store
+
+AMQP_URL = os.environ.get("IMAGEPIPE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="imagepipe-tests-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def secantus(tmp_root: Path) -> Iterator[str]:
+    """A real MongoDB-wire-protocol server for the whole session."""
+    supervisor = Supervisor(dict(os.environ), log_dir=tmp_root, restart=False)
+    port = free_port()
+    supervisor.start("secantusdb", secantus_argv(tmp_root / "db", port))
+    wait_for_port("127.0.0.1", port, 60, "SecantusDB")
+    yield secantus_url(port)
+    supervisor.stop_all(grace=10)
+
+
+def make_settings(mongo_url: str, data_dir: Path, **overrides: object) -> Settings:
+    """Settings isolated by a unique bus prefix and database name, with test-sized delays."""
+    tag = uuid.uuid4().hex[:8]
+    values: dict[str, object] = {
+        "amqp_url": AMQP_URL,
+        "bus_prefix": f"test-{tag}",
+        "mongo_url": mongo_url,
+        "mongo_db": f"test_{tag}",
+        "data_dir": data_dir,
+        "retry_delays_ms": [200, 400],
+        "fetch_allow_private": True,
+        "fetch_backoff": 0.05,
+        "fetch_attempts": 2,
+        "fetch_connect_timeout": 2.0,
+        "fetch_read_timeout": 3.0,
+        "fetch_total_timeout": 5.0,
+        "notify_backoff": 0.05,
+        "notify_attempts": 4,
+        "notify_timeout": 3.0,
+        "codec_workers": 2,
+        "shutdown_grace": 5.0,
+        "log_json": True,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEPIPE_")}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        if name in ("api_keys",):
+            value = [k.get_secret_value() for k in getattr(settings, name)]
+        if isinstance(value, list | dict | bool):
+            import json
+
+            value = json.dumps(value)
+        env[f"IMAGEPIPE_{name.upper()}"] = str(value)
+    for secret in ("webhook_secret", "smtp_password"):
+        s = getattr(settings, secret)
+        if s is not None:
+            env[f"IMAGEPIPE_{secret.upper()}"] = s.get_secret_value()
+    return env
+
+
+async def delete_topology(settings: Settings) -> None:
+    bus = EventBus(settings)
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        t = bus.topology
+        for service in SUBSCRIPTIONS:
+            names = [t.queue(service), t.dead_letter_queue(service)]
+            names += [t.retry_queue(service, d) for d in t.retry_delays_ms]
+            for name in names:
+                await channel.queue_delete(name)
+        await channel.exchange_delete(t.exchange)
+
+
+@pytest.fixture
+async def settings(secantus: str, tmp_path: Path) -> AsyncIterator[Settings]:
+    s = make_settings(secantus, tmp_path)
+    yield s
+    await delete_topology(s)
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    store = connect_store(settings)
+    await store.ensure_indexes()
+    yield store
+    await store.client.drop_database(settings.mongo_db)
+    await store.close()
+
+
+@pytest.fixture
+async def bus(settings: Settings) -> AsyncIterator[EventBus]:
+    bus = EventBus(settings)
+    await bus.connect()
+    yield bus
+    await bus.close()
+
+
+async def eventually(check, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    """Poll `check` (sync or async) until it returns a truthy value; fail with its last value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s; last value: {last!r}")

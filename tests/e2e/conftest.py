@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from tests.conftest import delete_topology, make_settings
+from tests.stack import Stack, start_stack
+
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.fixture(scope="session")
+async def stack(secantus: str, tmp_root: Path) -> AsyncIterator[Stack]:
+    settings = make_settings(secantus, tmp_root / "e2e", webhook_secret=SecretStr(WEBHOOK_SECRET))
+    (tmp_root / "e2e").mkdir(exist_ok=True)
+    stack = await start_stack(settings, tmp_root / "e2e", compressors=2)
+    yield stack
+    await stack.close()
+    await delete_topology(settings)

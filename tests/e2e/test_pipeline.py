@@ -1,0 +1,132 @@
+"""The whole pipeline, as a user drives it: upload, progress, images, output CSV, email, webhook, re-notify."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from gridfs import AsyncGridFSBucket
+from pymongo import AsyncMongoClient
+
+from localrun.samples import photo
+from services.notifier.webhook import verify
+from tests.conftest import eventually
+from tests.e2e.conftest import WEBHOOK_SECRET
+from tests.stack import Stack, csv_attachment
+
+
+def product_csv(rows: list[tuple[str, str, list[str]]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
+    for serial, name, urls in rows:
+        writer.writerow([serial, name, ", ".join(urls)])
+    return out.getvalue()
+
+
+async def test_a_batch_goes_from_upload_to_email_and_webhook(stack: Stack) -> None:
+    origin = stack.origin
+    for n in range(4):
+        origin.images[f"p{n}.jpg"] = photo(640, 480, seed=n)
+    csv_text = product_csv(
+        [
+            ("1", "SKU1", [origin.url("p0.jpg"), origin.url("p1.jpg")]),
+            ("2", "SKU2", [origin.url("p2.jpg"), origin.url("missing.jpg"), origin.url("p3.jpg")]),
+        ]
+    )
+
+    accepted = await stack.upload(csv_text, webhook_url=f"{origin.base_url}/hook")
+    request_id = accepted["request_id"]
+    assert (accepted["products"], accepted["images"]) == (2, 5)
+    assert accepted["status_url"].endswith(f"/status/{request_id}")
+
+    # Durable and visible at once: never a 404 right after the upload.
+    first = await stack.status(request_id)
+    assert first["request_id"] == request_id and first["total_images"] == 5
+
+    done = await stack.wait_completed(request_id)
+    assert (done["no_img_compressed"], done["no_img_failed"], done["progress"]) == (4, 1, 100.0)
+    assert [f["url"] for f in done["failures"]] == [origin.url("missing.jpg")]
+    assert "404" in done["failures"][0]["reason"]
+    details = done["product_details"]
+    assert [d["product_name"] for d in details] == ["SKU1", "SKU2"]
+    assert details[1]["input_urls"] == [origin.url(n) for n in ("p2.jpg", "missing.jpg", "p3.jpg")]
+    assert [u is not None for u in details[1]["output_urls"]] == [True, False, True]
+
+    # Each output is a real, smaller image, served with its content type.
+    out_url = details[0]["output_urls"][1]
+    image = await stack.http.get(out_url)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    assert image.content[:2] == b"\xff\xd8" and len(image.content) < len(origin.images["p1.jpg"])
+    # ...and stored GridFS-compatibly: a stock GridFS client reads it back.
+    client: AsyncMongoClient = AsyncMongoClient(stack.settings.mongo_url)
+    grid = await AsyncGridFSBucket(client[stack.settings.mongo_db]).open_download_stream(out_url.rsplit("/", 1)[1])
+    assert await grid.read() == image.content
+    await client.close()
+
+    # The output CSV: the input rows plus outputs aligned one-to-one.
+    output = await stack.http.get(f"{stack.api}/output/{request_id}")
+    assert output.status_code == 200 and output.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(output.content.decode("utf-8-sig"))))
+    assert rows[0] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
+    outputs = [cell.strip() for cell in rows[2][3].split(",")]
+    assert outputs[0] == details[1]["output_urls"][0] and outputs[1].startswith("FAILED: ")
+
+    # The uploader is told: one email with the CSV, one signed webhook.
+    mails = await eventually(lambda: stack.smtp.for_request(request_id))
+    assert len(mails) == 1 and mails[0]["To"] == "buyer@example.com"
+    assert list(csv.reader(io.StringIO(csv_attachment(mails[0])))) == rows
+    hooks = await eventually(lambda: origin.webhooks)
+    assert len(hooks) == 1
+    assert verify(WEBHOOK_SECRET, hooks[0]["headers"], hooks[0]["body"])
+    payload = json.loads(hooks[0]["body"])
+    assert payload["type"] == "request.completed" and payload["data"]["failed"] == 1
+
+
+async def test_re_notify_sends_the_email_again_only_for_completed_requests(stack: Stack) -> None:
+    stack.origin.images["solo.jpg"] = photo(320, 240, seed=9)
+    request_id = (await stack.upload(product_csv([("1", "Solo", [stack.origin.url("solo.jpg")])])))["request_id"]
+
+    unknown = await stack.http.post(f"{stack.api}/webhook-completed", json={"request_id": "x" * 22})
+    assert unknown.status_code == 404
+
+    await stack.wait_completed(request_id)
+    await eventually(lambda: len(stack.smtp.for_request(request_id)) == 1)
+    again = await stack.http.post(f"{stack.api}/webhook-completed", json={"request_id": request_id})
+    assert again.status_code == 202
+    mails = await eventually(lambda: len(stack.smtp.for_request(request_id)) == 2 and stack.smtp.for_request(request_id))
+    assert mails[0]["Message-ID"] != mails[1]["Message-ID"]
+
+
+async def test_an_unfinished_request_cannot_be_re_notified(stack: Stack) -> None:
+    stack.origin.images["slow.jpg"] = photo(320, 240, seed=3)
+    stack.origin.delay["slow.jpg"] = 2.0
+    request_id = (await stack.upload(product_csv([("1", "Slow", [stack.origin.url("slow.jpg")])])))["request_id"]
+
+    early = await stack.http.post(f"{stack.api}/webhook-completed", json={"request_id": request_id})
+    assert early.status_code == 409
+    not_yet = await stack.http.get(f"{stack.api}/output/{request_id}")
+    assert not_yet.status_code == 409
+    await stack.wait_completed(request_id)
+
+
+async def test_product_names_are_data_not_field_paths(stack: Stack) -> None:
+    stack.origin.images["n.jpg"] = photo(200, 200, seed=5)
+    url = stack.origin.url("n.jpg")
+    names = ["a.b.c", "$set", "$set", "naïve 日本語 \"quoted\""]
+    rows = [(str(i + 1), name, [url]) for i, name in enumerate(names)]
+    request_id = (await stack.upload(product_csv(rows)))["request_id"]
+
+    done = await stack.wait_completed(request_id)
+    assert [d["product_name"] for d in done["product_details"]] == names
+    output = await stack.http.get(f"{stack.api}/output/{request_id}")
+    parsed = list(csv.reader(io.StringIO(output.content.decode("utf-8-sig"))))
+    assert [r[1] for r in parsed[1:]] == names
+
+
+async def test_unknown_ids_get_404(stack: Stack) -> None:
+    assert (await stack.http.get(f"{stack.api}/image/{'0' * 32}")).status_code == 404
+    assert (await stack.http.get(f"{stack.api}/image/not-an-id")).status_code == 404
+    assert (await stack.http.get(f"{stack.api}/status/{'y' * 22}")).status_code == 404
+    assert (await stack.http.get(f"{stack.api}/output/{'y' * 22}")).status_code == 404

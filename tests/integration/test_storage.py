@@ -1,0 +1,66 @@
+"""GridFS storage against the real wire-protocol database."""
+
+from __future__ import annotations
+
+import os
+
+from gridfs import AsyncGridFSBucket
+from pymongo import monitoring
+
+from shared.storage import GRIDFS_CHUNK_BYTES, Store
+
+
+async def test_put_file_is_readable_by_any_gridfs_client(store: Store) -> None:
+    data = os.urandom(GRIDFS_CHUNK_BYTES * 2 + 123)  # three chunks, the last one partial
+    await store.put_file("a" * 32, data, filename="x.jpg", metadata={"contentType": "image/jpeg"})
+
+    grid_out = await AsyncGridFSBucket(store.db).open_download_stream("a" * 32)
+    assert await grid_out.read() == data
+    assert grid_out.metadata == {"contentType": "image/jpeg"}
+    assert grid_out.filename == "x.jpg"
+
+
+async def test_rewriting_a_file_leaves_no_orphaned_chunks(store: Store) -> None:
+    await store.put_file("b" * 32, os.urandom(GRIDFS_CHUNK_BYTES * 3), filename="x", metadata={})
+    await store.put_file("b" * 32, b"short", filename="x", metadata={})
+
+    assert await store.chunks.count_documents({"files_id": "b" * 32}) == 1
+    assert await (await store.open_file("b" * 32)).read() == b"short"
+
+
+class _Queries(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands.append((event.command_name, dict(event.command)))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_storing_a_file_never_scans_a_collection(settings, store: Store) -> None:  # type: ignore[no-untyped-def]
+    """PyMongo's GridFS writer issues an unfiltered find_one per upload, which SecantusDB answers by a scan
+    (so each upload gets slower as the store grows). Ours must only issue filtered, indexed commands."""
+    from pymongo import AsyncMongoClient
+
+    listener = _Queries()
+    client = AsyncMongoClient(settings.mongo_url, event_listeners=[listener])
+    watched = Store(client, client[settings.mongo_db])
+    for n in range(3):
+        await watched.put_file(f"{n:032x}", os.urandom(1000), filename="x", metadata={})
+    await client.close()
+
+    reads = [
+        (name, cmd) for name, cmd in listener.commands if name in ("find", "delete", "count", "aggregate")
+    ]
+    assert reads, "expected the writer's commands to be observed"
+    for name, cmd in reads:
+        if name == "find":
+            assert cmd.get("filter"), f"unfiltered find: {cmd}"
+        if name == "delete":
+            assert all(d["q"] for d in cmd["deletes"]), f"unfiltered delete: {cmd}"
+    assert not [c for c in listener.commands if c[0] == "createIndexes"], "indexes belong to start-up"

