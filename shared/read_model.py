@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import AsyncIterator
 
-from shared.output_csv import output_header, output_row
+from shared.output_csv import failed_entry, output_header, output_row, write_csv
 from shared.storage import ROWS_PER_CHUNK, Doc, Store, image_key, row_chunk_key
 
 
@@ -20,7 +18,7 @@ def output_cell(outcome: Doc | None, base_url: str) -> str:
         return "PENDING"
     if outcome["status"] == "COMPRESSED":
         return image_url(base_url, outcome["file_id"])
-    return "FAILED: " + str(outcome.get("reason", "unknown")).replace(",", ";")
+    return failed_entry(str(outcome.get("reason", "unknown")))
 
 
 async def iter_rows(
@@ -64,16 +62,14 @@ async def output_csv(
     store: Store, request_id: str, columns: list[str], base_url: str
 ) -> AsyncIterator[bytes]:
     """The output CSV, streamed: the input rows, then `Output Image Urls` aligned with the inputs."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(output_header(columns))
-    async for row, outcomes in iter_rows(store, request_id):
-        writer.writerow(output_row(row["cells"], [output_cell(o, base_url) for o in outcomes]))
-        if buffer.tell() > 64 * 1024:
-            yield buffer.getvalue().encode()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue().encode()
+
+    async def rows() -> AsyncIterator[list[str]]:
+        yield output_header(columns)
+        async for row, outcomes in iter_rows(store, request_id):
+            yield output_row(row["cells"], [output_cell(o, base_url) for o in outcomes])
+
+    async for part in write_csv(rows()):
+        yield part
 
 
 async def output_csv_bytes(store: Store, request_id: str, columns: list[str], base_url: str) -> bytes:

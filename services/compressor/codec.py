@@ -43,7 +43,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 log = structlog.get_logger()
 T = TypeVar("T")
 
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF")
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF")
 CONTENT_TYPES = {
     "JPEG": "image/jpeg",
     "MPO": "image/jpeg",  # only ever kept as its stripped first image, a plain JPEG

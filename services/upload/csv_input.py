@@ -271,7 +271,7 @@ class CsvReader:
                 self.row_count += 1
                 if self.row_count > self.limits.max_rows:
                     self._add(row, None, f"more than {self.limits.max_rows} data rows", TOO_LARGE)
-                    continue
+                    return
                 parsed = self._row(row, cells)
                 if self.image_count > self.limits.max_images:
                     self._add(row, URLS, f"more than {self.limits.max_images} images in total", TOO_LARGE)
