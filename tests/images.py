@@ -12,7 +12,7 @@ import zlib
 from io import BytesIO
 from typing import Any
 
-from PIL import Image, ImageCms, ImageDraw, ImageFilter
+from PIL import Image, ImageCms, ImageDraw, ImageFilter, PngImagePlugin
 
 # EXIF tag numbers used below (see PIL.ExifTags).
 ORIENTATION = 0x0112
@@ -119,11 +119,10 @@ def png_grayscale(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
     return _save(photo(width, height, seed).convert("L"), "PNG")
 
 
-def png_16bit(width: int = 64, height: int = 48) -> bytes:
-    """16-bit grayscale PNG: a horizontal ramp from 0 (left) to 65535 (right)."""
-    im = Image.new("I", (width, height))
-    im.putdata([round(x * 65535 / max(1, width - 1)) for _ in range(height) for x in range(width)])
-    return _save(im.convert("I;16"), "PNG")
+def png_16bit(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
+    """16-bit grayscale PNG (opens as "I;16"): `photo` in gray, each 8-bit value v stored as v * 257."""
+    gray = photo(width, height, seed).convert("L")
+    return _save(gray.convert("I").point(lambda v: v * 257).convert("I;16"), "PNG")
 
 
 def gray_1bit_png(width: int = 64, height: int = 48) -> bytes:
@@ -287,13 +286,18 @@ def one_pixel(fmt: str = "PNG", mode: str = "RGB") -> bytes:
     return _save(Image.new(mode, (1, 1), colour), fmt)
 
 
+def _square(index: int, count: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """Where frame `index` of `count` draws its red square: moving right across the top half."""
+    x = index * width // max(1, count)
+    return (x, 0, x + width // 4, height // 2)
+
+
 def _frames(width: int, height: int, count: int, transparent: bool) -> list[Image.Image]:
-    """Frames of a red square moving right over a white (or transparent) background."""
+    """RGBA frames of a red square moving right over a white (or fully transparent) background."""
     frames = []
     for i in range(count):
         im = Image.new("RGBA", (width, height), (0, 0, 0, 0) if transparent else (255, 255, 255, 255))
-        x = (i * width // max(1, count)) % width
-        ImageDraw.Draw(im).rectangle((x, 0, x + width // 4, height // 2), fill=(255, 0, 0, 255))
+        ImageDraw.Draw(im).rectangle(_square(i, count, width, height), fill=(255, 0, 0, 255))
         frames.append(im)
     return frames
 
@@ -307,12 +311,17 @@ def animated_gif(
     loop: int | None = 0,
     comment: bytes | None = None,
 ) -> bytes:
-    """Animated GIF; `loop=None` writes no loop extension (plays once); `comment` adds a GIF comment."""
-    ims = [f.convert("RGB") for f in _frames(width, height, frames, transparent)]
-    params: dict[str, Any] = {"duration": durations or [100] * frames, "disposal": 2}
+    """Animated GIF like `_frames`; `loop=None` writes no loop extension (plays once); `comment` adds one."""
+    ims = []
+    for i in range(frames):
+        # Palette 0 = background (white, or transparent), 1 = red: exact colours, no quantiser surprises.
+        im = Image.new("P", (width, height), 0)
+        im.putpalette([255, 255, 255, 255, 0, 0])
+        ImageDraw.Draw(im).rectangle(_square(i, frames, width, height), fill=1)
+        ims.append(im)
+    params: dict[str, Any] = {"duration": durations or [100] * frames, "disposal": 2, "optimize": False}
     if transparent:
-        ims = [f.quantize(16) for f in _frames(width, height, frames, transparent)]
-        params["transparency"] = ims[0].getpixel((width - 1, height - 1))
+        params["transparency"] = 0
     if loop is not None:
         params["loop"] = loop
     if comment is not None:
@@ -321,6 +330,7 @@ def animated_gif(
 
 
 def animated_webp(width: int = 32, height: int = 32, frames: int = 4, transparent: bool = True) -> bytes:
+    """Animated WebP of `_frames`, each frame 80 ms, looping forever."""
     ims = _frames(width, height, frames, transparent)
     return _save(ims[0], "WEBP", save_all=True, append_images=ims[1:], duration=80, loop=0, quality=90)
 
@@ -361,14 +371,24 @@ def png_bomb_header(width: int = 100_000, height: int = 100_000) -> bytes:
     )
 
 
-def png_with_text(width: int = 64, height: int = 48, orientation: int | None = None) -> bytes:
-    """A photo PNG with tEXt/iTXt (author, XMP) and optionally an eXIf chunk with GPS."""
-    from PIL import PngImagePlugin
-
+def png_with_text(
+    width: int = 64, height: int = 48, orientation: int | None = None, alpha: bool = False, seed: int = 0
+) -> bytes:
+    """A photo PNG (RGBA with `alpha`) with tEXt/iTXt chunks (author, XMP) and, given `orientation`, an
+    eXIf chunk with GPS."""
     info = PngImagePlugin.PngInfo()
     info.add_text("Author", SECRET.decode())
     info.add_itxt("XML:com.adobe.xmp", XMP.decode())
     params: dict[str, Any] = {"pnginfo": info}
     if orientation is not None:
         params["exif"] = private_exif(orientation)
-    return _save(photo(width, height), "PNG", **params)
+    im = photo(width, height, seed)
+    if alpha:
+        im.putalpha(_alpha_mask(width, height))
+    return _save(im, "PNG", **params)
+
+
+def animated_png(width: int = 32, height: int = 32, frames: int = 4, transparent: bool = True) -> bytes:
+    """APNG of `_frames`, 80 ms a frame."""
+    ims = _frames(width, height, frames, transparent)
+    return _save(ims[0], "PNG", save_all=True, append_images=ims[1:], duration=80, loop=0)

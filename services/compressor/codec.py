@@ -98,7 +98,7 @@ def compress(data: bytes, quality: int = 50, max_pixels: int = 50_000_000) -> Co
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        im = _open(data, max_pixels)
+        im = _open(_webp_alpha_flagged(data), max_pixels)
         with im:
             if im.format in ("GIF", "WEBP", "PNG") and _decoding(lambda: getattr(im, "is_animated", False)):
                 return _compress_animation(im, data, quality, max_pixels)
@@ -277,12 +277,13 @@ def _compress_animation(
         im.seek(index)
         im.load()
 
-    durations = []
+    durations, transparent = [], False
     for index in range(frames):
         _decoding(lambda: decode_frame(index))  # noqa: B023 - called right away, inside the iteration
         if im.size != (width, height):
             raise ImageRejected("unsupported animation: frames change the canvas size", "unsupported")
         durations.append(int(im.info.get("duration", 0)))
+        transparent = transparent or im.has_transparency_data
     im.seek(0)
     out = BytesIO()
     icc = info.get("icc_profile") or None
@@ -300,12 +301,28 @@ def _compress_animation(
         )
     except (OSError, ValueError) as exc:
         raise ImageRejected(f"animation could not be re-encoded ({exc})", "unsupported") from exc
-    encoded = out.getvalue()
+    encoded = _webp_alpha_flagged(out.getvalue()) if transparent else out.getvalue()
     original = _clean_original(data, fmt, info, upright=True)
     if original is not None and len(original) <= len(encoded):
         assert fmt is not None
         return CompressedImage(original, CONTENT_TYPES[fmt], True, width, height)
     return CompressedImage(encoded, "image/webp", False, width, height)
+
+
+def _webp_alpha_flagged(data: bytes) -> bytes:
+    """An animated WebP with the "has alpha" flag set in its VP8X header (unchanged if not animated WebP).
+
+    libwebp crops each frame to the pixels that change, so an opaque square moving over a transparent
+    canvas is stored as opaque frames and the flag stays unset; Pillow then decodes the canvas as opaque
+    black. With the flag the canvas decodes transparent, as it is meant; for truly opaque animations the
+    flag only costs an alpha channel of 255s.
+    """
+    if data[:4] != b"RIFF" or data[8:16] != b"WEBPVP8X" or len(data) < 30:
+        return data
+    flags = data[20]
+    if not flags & 0x02 or flags & 0x10:  # not animated, or already says alpha
+        return data
+    return data[:20] + bytes((flags | 0x10,)) + data[21:]
 
 
 # --- keeping the original, without its metadata ----------------------------------------------------------

@@ -129,11 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except CsvRejected as exc:
             UPLOADS.labels("rejected").inc()
             await _discard(store, request_id)
-            raise ApiError(
-                exc.status_code,
-                "the CSV was rejected; nothing was queued",
-                [_problem(p) for p in exc.problems],
-            ) from None
+            error = f"{exc}; nothing was queued"
+            raise ApiError(exc.status_code, error, [_problem(p) for p in exc.problems]) from None
         except PyMongoError as exc:
             UPLOADS.labels("unavailable").inc()
             log.error("upload_storage_failed", error=str(exc)[:200])

@@ -1,0 +1,195 @@
+"""The API in process, against the real database and broker: rejections, limits, auth."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from services.notifier.webhook import signed_headers
+from services.upload.app import create_app
+from shared.settings import Settings
+from shared.storage import Store
+
+GOOD_CSV = 'S. No.,Product Name,Input Image Urls\n1,SKU1,"https://img.example.com/a.jpg, https://img.example.com/b.jpg"\n'
+
+
+async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client
+
+
+@pytest.fixture
+async def api(settings: Settings, store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in client_for(settings):
+        yield client
+
+
+async def post_csv(api: httpx.AsyncClient, body: bytes | str, **data: Any) -> httpx.Response:
+    content = body.encode() if isinstance(body, str) else body
+    return await api.post(
+        "/upload", files={"file": ("p.csv", content, "text/csv")}, data={"email": "a@example.com", **data}
+    )
+
+
+async def test_accepted_upload_is_durable_and_visible_at_once(api: httpx.AsyncClient, store: Store) -> None:
+    response = await post_csv(api, GOOD_CSV)
+    assert response.status_code == 202
+    body = response.json()
+    assert (body["products"], body["images"]) == (1, 2)
+    status = await api.get(f"/status/{body['request_id']}")
+    assert status.status_code == 200 and status.json()["status"] == "PENDING"
+    assert status.json()["product_details"][0]["output_urls"] == [None, None]
+
+
+async def test_email_is_also_accepted_as_a_query_parameter(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/upload?email=q@example.com", files={"file": ("p.csv", GOOD_CSV.encode(), "text/csv")}
+    )
+    assert response.status_code == 202, response.text
+
+
+async def test_request_ids_are_unguessable(api: httpx.AsyncClient) -> None:
+    ids = [(await post_csv(api, GOOD_CSV)).json()["request_id"] for _ in range(3)]
+    assert len(set(ids)) == 3
+    assert all(len(i) >= 22 for i in ids)  # 128 random bits, URL-safe base64
+    assert len({i[:6] for i in ids}) == 3  # no shared time-based prefix
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "reason"),
+    [
+        ({"email": "not-an-email"}, "email", "invalid email"),
+        ({"email": ""}, "email", "required"),
+        ({"webhook_url": "ftp://hooks.example.com/x"}, "webhook_url", "http(s)"),
+        ({"webhook_url": "not a url"}, "webhook_url", "http(s)"),
+    ],
+)
+async def test_invalid_form_fields_are_named(
+    api: httpx.AsyncClient, data: dict[str, str], field: str, reason: str
+) -> None:
+    response = await post_csv(api, GOOD_CSV, **data)
+    assert response.status_code == 422
+    problems = response.json()["problems"]
+    assert [p["field"] for p in problems] == [field]
+    assert reason in problems[0]["reason"]
+
+
+async def test_missing_file_is_a_bad_request(api: httpx.AsyncClient) -> None:
+    response = await api.post("/upload", data={"email": "a@example.com"})
+    assert response.status_code == 400
+    assert response.json()["problems"][0]["field"] == "file"
+
+
+async def test_a_rejected_csv_names_row_column_and_reason_and_stores_nothing(
+    api: httpx.AsyncClient, store: Store
+) -> None:
+    bad = "S. No.,Product Name,Input Image Urls\n1,,https://a.example/x.jpg\n1,B,ftp://a.example/y.jpg\n"
+    response = await post_csv(api, bad)
+    assert response.status_code == 422
+    body = response.json()
+    assert "nothing was queued" in body["error"]
+    located = {(p["row"], p["column"]) for p in body["problems"]}
+    assert (2, "Product Name") in located
+    assert (3, "S. No.") in located and (3, "Input Image Urls") in located
+    assert await store.rows.count_documents({}) == 0
+    assert await store.requests.count_documents({}) == 0
+
+
+async def test_not_a_csv_is_unsupported(api: httpx.AsyncClient) -> None:
+    response = await post_csv(api, b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
+    assert response.status_code == 415
+    assert "PNG" in response.json()["problems"][0]["reason"]
+
+
+async def test_an_oversized_upload_is_refused_with_413(settings: Settings, store: Store) -> None:
+    small = settings.model_copy(update={"max_csv_bytes": 1000})
+    async for api in client_for(small):
+        big = GOOD_CSV + "".join(f'{n},P{n},"https://img.example.com/{n}.jpg"\n' for n in range(2, 2000))
+        response = await post_csv(api, big)
+        assert response.status_code == 413
+        assert response.json()["problems"][0]["reason"]
+
+
+async def test_limits_on_rows_are_settings(settings: Settings, store: Store) -> None:
+    limited = settings.model_copy(update={"max_rows": 2})
+    async for api in client_for(limited):
+        rows = GOOD_CSV + '2,B,"https://img.example.com/c.jpg"\n3,C,"https://img.example.com/d.jpg"\n'
+        response = await post_csv(api, rows)
+        assert response.status_code == 413
+        assert "2" in response.json()["problems"][0]["reason"]
+
+
+async def test_status_pages_products(api: httpx.AsyncClient) -> None:
+    rows = "S. No.,Product Name,Input Image Urls\n" + "".join(
+        f'{n},P{n},"https://img.example.com/{n}.jpg"\n' for n in range(1, 1201)
+    )
+    request_id = (await post_csv(api, rows)).json()["request_id"]
+    page = (await api.get(f"/status/{request_id}", params={"offset": 499, "limit": 3})).json()
+    assert [p["product_name"] for p in page["product_details"]] == ["P500", "P501", "P502"]
+    assert page["product_details"][1]["input_urls"] == ["https://img.example.com/501.jpg"]
+    assert page["page"] == {"offset": 499, "limit": 3, "total_products": 1200}
+    default = (await api.get(f"/status/{request_id}")).json()
+    assert len(default["product_details"]) == 100
+    assert (await api.get(f"/status/{request_id}", params={"limit": 0})).status_code == 400
+
+
+class TestApiKeys:
+    KEY = "k-" + "s" * 30
+    SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+    @pytest.fixture
+    async def secured(self, settings: Settings, store: Store) -> AsyncIterator[httpx.AsyncClient]:
+        s = settings.model_copy(
+            update={"api_keys": [SecretStr(self.KEY)], "webhook_secret": SecretStr(self.SECRET)}
+        )
+        async for client in client_for(s):
+            yield client
+
+    async def test_requests_without_a_valid_key_are_refused(self, secured: httpx.AsyncClient) -> None:
+        assert (await post_csv(secured, GOOD_CSV)).status_code == 401
+        wrong = await secured.post(
+            "/upload",
+            files={"file": ("p.csv", GOOD_CSV.encode(), "text/csv")},
+            data={"email": "a@example.com"},
+            headers={"X-API-Key": "nope"},
+        )
+        assert wrong.status_code == 401
+        assert (await secured.get("/status/" + "x" * 22)).status_code == 401
+        assert (await secured.get("/healthz")).status_code == 200
+
+    async def test_a_valid_key_is_accepted(self, secured: httpx.AsyncClient) -> None:
+        response = await secured.post(
+            "/upload",
+            files={"file": ("p.csv", GOOD_CSV.encode(), "text/csv")},
+            data={"email": "a@example.com"},
+            headers={"X-API-Key": self.KEY},
+        )
+        assert response.status_code == 202
+        status = await secured.get(
+            f"/status/{response.json()['request_id']}", headers={"Authorization": f"Bearer {self.KEY}"}
+        )
+        assert status.status_code == 200
+
+    async def test_re_notify_needs_a_key_or_a_valid_signature(self, secured: httpx.AsyncClient) -> None:
+        body = b'{"request_id": "' + b"z" * 22 + b'"}'
+        unsigned = await secured.post(
+            "/webhook-completed", content=body, headers={"content-type": "application/json"}
+        )
+        assert unsigned.status_code == 401
+        forged = signed_headers("whsec_" + "A" * 32, "msg_1", int(__import__("time").time()), body)
+        bad = await secured.post(
+            "/webhook-completed", content=body, headers={"content-type": "application/json", **forged}
+        )
+        assert bad.status_code == 401
+        signed = signed_headers(self.SECRET, "msg_1", int(__import__("time").time()), body)
+        good = await secured.post(
+            "/webhook-completed", content=body, headers={"content-type": "application/json", **signed}
+        )
+        assert good.status_code == 404  # authorised; the request id is simply unknown

@@ -1,0 +1,98 @@
+"""The compressor's handler with a real origin, real codec processes and the real database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from localrun.samples import photo
+from services.compressor.fetch import FetchPolicy, SafeFetcher
+from services.compressor.handler import CodecPool, Compressor
+from shared.events import Event, ImageCompressed, ImageFailed, ImageRequested
+from shared.settings import Settings
+from shared.storage import Store, output_file_id
+from tests.origin import Origin
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish(self, event: Event) -> None:
+        self.events.append(event)
+
+
+@pytest.fixture(scope="module")
+def codec() -> CodecPool:
+    pool = CodecPool(2)
+    yield pool  # type: ignore[misc]
+    pool.close()
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[Origin]:
+    origin = await Origin().start()
+    yield origin
+    await origin.stop()
+
+
+@pytest.fixture
+async def compressor(settings: Settings, store: Store, codec: CodecPool) -> AsyncIterator[Compressor]:
+    fetcher = SafeFetcher(FetchPolicy.from_settings(settings))
+    yield Compressor(store, RecordingPublisher(), fetcher, codec, quality=50, max_pixels=settings.max_pixels)
+    await fetcher.close()
+
+
+def requested(origin: Origin, name: str, index: int = 0, request_id: str = "req-c") -> ImageRequested:
+    return ImageRequested(
+        request_id=request_id, index=index, url=origin.url(name), file_id=output_file_id(request_id, index)
+    )
+
+
+async def test_a_redelivered_request_stores_one_file_and_reports_the_same_outcome(
+    compressor: Compressor, origin: Origin, store: Store
+) -> None:
+    origin.images["a.jpg"] = photo(400, 300, seed=1)
+    event = requested(origin, "a.jpg")
+
+    await compressor.handle(event)
+    await compressor.handle(event)
+
+    published = compressor.publisher.events  # type: ignore[attr-defined]
+    assert [type(e) for e in published] == [ImageCompressed, ImageCompressed]
+    first, second = published
+    assert (first.file_id, first.output_bytes, first.input_bytes) == (
+        second.file_id,
+        second.output_bytes,
+        second.input_bytes,
+    )
+    assert origin.hits["a.jpg"] == 1, "the second delivery found the stored output and did not refetch"
+    assert await store.files.count_documents({"_id": event.file_id}) == 1
+    stored = await (await store.open_file(event.file_id)).read()
+    assert len(stored) == first.output_bytes < first.input_bytes
+
+
+async def test_a_bad_url_fails_the_image_with_a_reason(compressor: Compressor, origin: Origin) -> None:
+    await compressor.handle(requested(origin, "nope.jpg"))
+    (failed,) = compressor.publisher.events  # type: ignore[attr-defined]
+    assert isinstance(failed, ImageFailed) and "404" in failed.reason
+
+
+async def test_a_slow_download_does_not_stall_other_images(compressor: Compressor, origin: Origin) -> None:
+    origin.images["slow.jpg"] = photo(200, 200, seed=2)
+    origin.delay["slow.jpg"] = 2.0
+    for n in range(6):
+        origin.images[f"fast{n}.jpg"] = photo(200, 200, seed=10 + n)
+    loop = asyncio.get_running_loop()
+    finished: dict[str, float] = {}
+    start = loop.time()
+
+    async def run(name: str, index: int) -> None:
+        await compressor.handle(requested(origin, name, index))
+        finished[name] = loop.time() - start
+
+    await asyncio.gather(run("slow.jpg", 0), *(run(f"fast{n}.jpg", n + 1) for n in range(6)))
+    assert max(v for k, v in finished.items() if k != "slow.jpg") < finished["slow.jpg"]
+    assert finished["slow.jpg"] >= 2.0
