@@ -10,20 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-from urllib.parse import urlsplit
 
 import structlog
 
+from localrun.broker import ensure_rabbitmq
 from localrun.samples import ensure_samples, serve_directory
 from localrun.supervisor import (
     Supervisor,
     child_env,
     free_port,
-    port_open,
     secantus_argv,
     secantus_url,
     wait_for_port,
@@ -33,20 +31,6 @@ from shared.settings import get_settings
 
 log = structlog.get_logger()
 SAMPLE_ORIGIN_PORT = 8001
-
-
-def ensure_rabbitmq(amqp_url: str) -> bool:
-    """True when we had to start the local server (so we stop it on exit)."""
-    parts = urlsplit(amqp_url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 5672
-    if port_open(host, port):
-        return False
-    if host not in ("127.0.0.1", "localhost") or not shutil.which("rabbitmq-server"):
-        raise SystemExit(f"RabbitMQ does not answer at {host}:{port}; start it or set IMAGEPIPE_AMQP_URL")
-    log.info("starting_rabbitmq", command="rabbitmq-server -detached")
-    subprocess.run(["rabbitmq-server", "-detached"], check=True)
-    wait_for_port(host, port, 90, "RabbitMQ")
-    return True
 
 
 async def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from shared.output_csv import failed_entry, output_header, output_row, write_csv
-from shared.storage import ROWS_PER_CHUNK, Doc, Store, image_key, row_chunk_key
+from shared.storage import ROWS_PER_CHUNK, Doc, Store
 
 
 def image_url(base_url: str, file_id: str) -> str:
@@ -26,14 +26,19 @@ async def iter_rows(
 ) -> AsyncIterator[tuple[Doc, list[Doc | None]]]:
     """Yield (row, outcome of each of its images, aligned with row["urls"]) in CSV order.
 
-    Both collections are read as contiguous `_id` ranges one chunk at a time, so memory stays bounded
-    and every read is on the primary index, however large the request.
+    Both collections are read one chunk at a time on their (request_id, position) indexes, so memory
+    and the cost of a read stay bounded, however large the request and the store.
     """
     remaining = limit
+    first_chunk = first_row // ROWS_PER_CHUNK
     skip = first_row % ROWS_PER_CHUNK
+    chunks: Doc = {"$gte": first_chunk}
+    if limit is not None:
+        chunks["$lte"] = (first_row + limit - 1) // ROWS_PER_CHUNK
     cursor = store.rows.find(
-        {"_id": {"$gte": row_chunk_key(request_id, first_row // ROWS_PER_CHUNK), "$lt": f"{request_id};"}},
-        sort=[("_id", 1)],
+        {"request_id": request_id, "chunk": chunks},
+        sort=[("chunk", 1)],
+        batch_size=2,  # a chunk is up to ~1 MB: fetch a couple at a time, never the whole request
     )
     async for chunk in cursor:
         rows: list[Doc] = chunk["rows"]
@@ -44,7 +49,7 @@ async def iter_rows(
         outcomes = {
             doc["index"]: doc
             async for doc in store.images.find(
-                {"_id": {"$gte": image_key(request_id, first_image), "$lt": image_key(request_id, end_image)}}
+                {"request_id": request_id, "index": {"$gte": first_image, "$lt": end_image}}
             )
         }
         index = first_image

@@ -1,7 +1,7 @@
 """MongoDB: the connection, the collections of the read model, their indexes, and GridFS storage.
 
-Collections (ids of per-request documents start with "<request_id>:", so one request's documents are a
-contiguous `_id` range and every hot query runs on the primary index):
+Collections (per-request documents have ids "<request_id>:<n>", for idempotent writes, and carry
+`request_id` and their position, indexed, for reads in order):
 
     requests       one document per upload: its settings, counters, status and delivery bookkeeping
     rows           the uploaded CSV rows, a chunk of ROWS_PER_CHUNK per document ("<rid>:<chunk>")
@@ -45,11 +45,6 @@ def row_chunk_key(request_id: str, chunk: int) -> str:
     return f"{request_id}:{chunk:0{INDEX_WIDTH}d}"
 
 
-def request_range(request_id: str) -> Doc:
-    """An `_id` filter for every per-request document of `request_id` (';' sorts right after ':')."""
-    return {"$gte": f"{request_id}:", "$lt": f"{request_id};"}
-
-
 def output_file_id(request_id: str, index: int) -> str:
     """The GridFS id of an image's output: deterministic, so redelivered work overwrites rather than
     orphans, and unguessable, because it is derived from the secret request id."""
@@ -85,7 +80,12 @@ class Store:
         # GridFS's own indexes, created once here instead of probed on every upload (see put_file).
         await self.files.create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
         await self.chunks.create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
+        # A request's rows and outcomes are read in order by (request_id, n): an equality prefix and a
+        # range, which SecantusDB serves from the index (a range on `_id` alone it answers by a scan).
+        await self.rows.create_index([("request_id", ASCENDING), ("chunk", ASCENDING)])
+        await self.images.create_index([("request_id", ASCENDING), ("index", ASCENDING)])
         # Delivery bookkeeping: sparse flags, present only while there is something left to publish.
+        # Query them by equality alone: SecantusDB uses an index only for a query on its fields.
         await self.requests.create_index("outbox_pending", sparse=True)
         await self.requests.create_index("completion_pending", sparse=True)
 

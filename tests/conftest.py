@@ -11,18 +11,26 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
 
+from localrun.broker import ensure_rabbitmq
 from localrun.supervisor import Supervisor, free_port, secantus_argv, secantus_url, wait_for_port
 from shared.bus import SUBSCRIPTIONS, EventBus
 from shared.settings import Settings
 from shared.storage import Store, connect_store
 
 AMQP_URL = os.environ.get("IMAGEPIPE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rabbitmq() -> None:
+    """The machine's RabbitMQ, started if it is down (as `make run` does)."""
+    ensure_rabbitmq(AMQP_URL)
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +136,7 @@ async def bus(settings: Settings) -> AsyncIterator[EventBus]:
     await bus.close()
 
 
-async def eventually(check, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+async def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
     """Poll `check` (sync or async) until it returns a truthy value; fail with its last value."""
     deadline = asyncio.get_running_loop().time() + timeout
     last = None

@@ -76,7 +76,7 @@ def png_photo(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
 # --- alpha ------------------------------------------------------------------------------------------------
 
 
-def _alpha_mask(width: int, height: int) -> Image.Image:
+def alpha_mask(width: int, height: int) -> Image.Image:
     """Left half fully transparent, right half opaque, with a soft middle band."""
     mask = Image.linear_gradient("L").rotate(90).resize((width, height))
     return mask.point(lambda v: 0 if v < 96 else 255 if v > 160 else v)
@@ -85,7 +85,7 @@ def _alpha_mask(width: int, height: int) -> Image.Image:
 def png_with_alpha(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
     """RGBA PNG whose left part is fully transparent (the colour under it is pure black, on purpose)."""
     im = photo(width, height, seed)
-    mask = _alpha_mask(width, height)
+    mask = alpha_mask(width, height)
     im.paste((0, 0, 0), mask=mask.point(lambda v: 255 - v))  # black under the transparent part
     im.putalpha(mask)
     return _save(im, "PNG")
@@ -101,16 +101,17 @@ def png_rgba_opaque(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
 def png_gray_alpha(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
     """LA (grayscale + alpha) PNG."""
     im = photo(width, height, seed).convert("L")
-    im = Image.merge("LA", (im, _alpha_mask(width, height)))
+    im = Image.merge("LA", (im, alpha_mask(width, height)))
     return _save(im, "PNG")
 
 
 def png_palette(width: int = 64, height: int = 48, transparent: bool = False, seed: int = 0) -> bytes:
     """Palette (P) PNG; with `transparent`, palette index 0 is transparent and fills the left half."""
-    im = photo(width, height, seed).quantize(64)
-    if transparent:
-        ImageDraw.Draw(im).rectangle((0, 0, width // 2 - 1, height - 1), fill=0)
-        return _save(im, "PNG", transparency=0)
+    im = photo(width, height, seed).quantize(63)
+    if transparent:  # a 64th palette entry, used only by the transparent half
+        im.putpalette([*(im.getpalette() or [])[: 63 * 3], 0, 0, 0])
+        ImageDraw.Draw(im).rectangle((0, 0, width // 2 - 1, height - 1), fill=63)
+        return _save(im, "PNG", transparency=63)
     return _save(im, "PNG")
 
 
@@ -286,7 +287,7 @@ def one_pixel(fmt: str = "PNG", mode: str = "RGB") -> bytes:
     return _save(Image.new(mode, (1, 1), colour), fmt)
 
 
-def _square(index: int, count: int, width: int, height: int) -> tuple[int, int, int, int]:
+def square_box(index: int, count: int, width: int, height: int) -> tuple[int, int, int, int]:
     """Where frame `index` of `count` draws its red square: moving right across the top half."""
     x = index * width // max(1, count)
     return (x, 0, x + width // 4, height // 2)
@@ -297,7 +298,7 @@ def _frames(width: int, height: int, count: int, transparent: bool) -> list[Imag
     frames = []
     for i in range(count):
         im = Image.new("RGBA", (width, height), (0, 0, 0, 0) if transparent else (255, 255, 255, 255))
-        ImageDraw.Draw(im).rectangle(_square(i, count, width, height), fill=(255, 0, 0, 255))
+        ImageDraw.Draw(im).rectangle(square_box(i, count, width, height), fill=(255, 0, 0, 255))
         frames.append(im)
     return frames
 
@@ -317,7 +318,7 @@ def animated_gif(
         # Palette 0 = background (white, or transparent), 1 = red: exact colours, no quantiser surprises.
         im = Image.new("P", (width, height), 0)
         im.putpalette([255, 255, 255, 255, 0, 0])
-        ImageDraw.Draw(im).rectangle(_square(i, frames, width, height), fill=1)
+        ImageDraw.Draw(im).rectangle(square_box(i, frames, width, height), fill=1)
         ims.append(im)
     params: dict[str, Any] = {"duration": durations or [100] * frames, "disposal": 2, "optimize": False}
     if transparent:
@@ -384,7 +385,7 @@ def png_with_text(
         params["exif"] = private_exif(orientation)
     im = photo(width, height, seed)
     if alpha:
-        im.putalpha(_alpha_mask(width, height))
+        im.putalpha(alpha_mask(width, height))
     return _save(im, "PNG", **params)
 
 

@@ -27,7 +27,7 @@ from tests.origin import Origin
 class SmtpSink:
     messages: list[EmailMessage] = field(default_factory=list)
 
-    async def handle_DATA(self, server: object, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: object, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content
         assert isinstance(raw, bytes)
         self.messages.append(email.message_from_bytes(raw, policy=email.policy.default))  # type: ignore[arg-type]

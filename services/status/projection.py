@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
-from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 from shared.events import Event, ImageCompressed, ImageFailed, RequestCompleted
@@ -88,15 +87,16 @@ class StatusProjection:
         update: dict[str, Any] = {"$inc": inc}
         if push:
             update["$push"] = push
-        request = await self.store.requests.find_one_and_update(
+        # update_one + find_one rather than find_one_and_update: SecantusDB answers the latter by a scan.
+        counted = await self.store.requests.update_one({"_id": event.request_id}, update, session=session)
+        if counted.matched_count != 1:
+            raise UnknownRequest(f"no request {event.request_id}")
+        request = await self.store.requests.find_one(
             {"_id": event.request_id},
-            update,
             projection={"status": 1, "total_images": 1, "no_img_compressed": 1, "no_img_failed": 1},
-            return_document=ReturnDocument.AFTER,
             session=session,
         )
-        if request is None:
-            raise UnknownRequest(f"no request {event.request_id}")
+        assert request is not None
         done = request["no_img_compressed"] + request["no_img_failed"]
         if done < request["total_images"] or request["status"] != PENDING:
             return False
@@ -134,9 +134,12 @@ class StatusProjection:
         """Publish completions that a crash (or a broker outage) left unpublished."""
         cutoff = datetime.now(UTC) - older_than
         swept = 0
+        # Only the indexed flag in the query (SecantusDB scans for anything richer); the age check is ours.
         async for request in self.store.requests.find(
-            {"completion_pending": True, "completed_at": {"$lt": cutoff}}, projection={"_id": 1}
+            {"completion_pending": True}, projection={"_id": 1, "completed_at": 1}
         ):
+            if request["completed_at"] >= cutoff:
+                continue  # just completed: its own handler is publishing it
             with structlog.contextvars.bound_contextvars(request_id=request["_id"]):
                 await self.publish_completion(request["_id"])
             swept += 1

@@ -36,7 +36,7 @@ from shared.events import NotificationRequested
 from shared.read_model import iter_rows, output_csv
 from shared.runtime import connect_with_retry
 from shared.settings import Settings, get_settings
-from shared.storage import ROWS_PER_CHUNK, Store, connect_store, request_range, row_chunk_key
+from shared.storage import ROWS_PER_CHUNK, Store, connect_store, row_chunk_key
 
 log = structlog.get_logger()
 
@@ -320,6 +320,8 @@ async def _store_request(
         await store.rows.insert_one(
             {
                 "_id": row_chunk_key(request_id, chunk_no),
+                "request_id": request_id,
+                "chunk": chunk_no,
                 "first_image": images,
                 "rows": [
                     {"serial": r.serial, "name": r.name, "urls": list(r.urls), "cells": list(r.cells)}
@@ -357,7 +359,7 @@ async def _store_request(
 
 async def _discard(store: Store, request_id: str) -> None:
     with suppress(PyMongoError):
-        await store.rows.delete_many({"_id": request_range(request_id)})
+        await store.rows.delete_many({"request_id": request_id})
 
 
 async def _request_or_404(store: Store, request_id: str, projection: dict[str, int]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from typing import Protocol
 
 import structlog
 from prometheus_client import Counter
-from pymongo import ReturnDocument
 
 from shared.events import Event, ImageRequested
 from shared.storage import Doc, Store, output_file_id, row_chunk_key
@@ -54,18 +53,21 @@ class OutboxRelay:
                 await asyncio.wait_for(self._kick.wait(), self.interval)
 
     async def publish_next(self) -> bool:
-        """Claim one pending request and publish the rest of its events. False when none is pending."""
-        now = datetime.now(UTC)
-        request = await self.store.requests.find_one_and_update(
-            {"outbox_pending": True, "lease_until": {"$lt": now}},
-            {"$set": {"lease_until": now + LEASE}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if request is None:
-            return False
-        with structlog.contextvars.bound_contextvars(request_id=request["_id"]):
-            await self._publish(request)
-        return True
+        """Claim one pending request and publish the rest of its events. False when none is claimable."""
+        # Queries stay on one index each (the flag, then `_id`): SecantusDB scans for anything richer.
+        async for pending in self.store.requests.find({"outbox_pending": True}, projection={"_id": 1}):
+            now = datetime.now(UTC)
+            claimed = await self.store.requests.update_one(
+                {"_id": pending["_id"], "lease_until": {"$lt": now}}, {"$set": {"lease_until": now + LEASE}}
+            )
+            if claimed.modified_count != 1:
+                continue  # another replica holds it
+            request = await self.store.requests.find_one({"_id": pending["_id"]})
+            assert request is not None
+            with structlog.contextvars.bound_contextvars(request_id=request["_id"]):
+                await self._publish(request)
+            return True
+        return False
 
     async def _publish(self, request: Doc) -> None:
         request_id = request["_id"]

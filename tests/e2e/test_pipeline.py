@@ -61,7 +61,9 @@ async def test_a_batch_goes_from_upload_to_email_and_webhook(stack: Stack) -> No
     assert image.content[:2] == b"\xff\xd8" and len(image.content) < len(origin.images["p1.jpg"])
     # ...and stored GridFS-compatibly: a stock GridFS client reads it back.
     client: AsyncMongoClient = AsyncMongoClient(stack.settings.mongo_url)
-    grid = await AsyncGridFSBucket(client[stack.settings.mongo_db]).open_download_stream(out_url.rsplit("/", 1)[1])
+    grid = await AsyncGridFSBucket(client[stack.settings.mongo_db]).open_download_stream(
+        out_url.rsplit("/", 1)[1]
+    )
     assert await grid.read() == image.content
     await client.close()
 
@@ -86,7 +88,9 @@ async def test_a_batch_goes_from_upload_to_email_and_webhook(stack: Stack) -> No
 
 async def test_re_notify_sends_the_email_again_only_for_completed_requests(stack: Stack) -> None:
     stack.origin.images["solo.jpg"] = photo(320, 240, seed=9)
-    request_id = (await stack.upload(product_csv([("1", "Solo", [stack.origin.url("solo.jpg")])])))["request_id"]
+    request_id = (await stack.upload(product_csv([("1", "Solo", [stack.origin.url("solo.jpg")])])))[
+        "request_id"
+    ]
 
     unknown = await stack.http.post(f"{stack.api}/webhook-completed", json={"request_id": "x" * 22})
     assert unknown.status_code == 404
@@ -95,14 +99,18 @@ async def test_re_notify_sends_the_email_again_only_for_completed_requests(stack
     await eventually(lambda: len(stack.smtp.for_request(request_id)) == 1)
     again = await stack.http.post(f"{stack.api}/webhook-completed", json={"request_id": request_id})
     assert again.status_code == 202
-    mails = await eventually(lambda: len(stack.smtp.for_request(request_id)) == 2 and stack.smtp.for_request(request_id))
+    mails = await eventually(
+        lambda: len(stack.smtp.for_request(request_id)) == 2 and stack.smtp.for_request(request_id)
+    )
     assert mails[0]["Message-ID"] != mails[1]["Message-ID"]
 
 
 async def test_an_unfinished_request_cannot_be_re_notified(stack: Stack) -> None:
     stack.origin.images["slow.jpg"] = photo(320, 240, seed=3)
     stack.origin.delay["slow.jpg"] = 2.0
-    request_id = (await stack.upload(product_csv([("1", "Slow", [stack.origin.url("slow.jpg")])])))["request_id"]
+    request_id = (await stack.upload(product_csv([("1", "Slow", [stack.origin.url("slow.jpg")])])))[
+        "request_id"
+    ]
 
     early = await stack.http.post(f"{stack.api}/webhook-completed", json={"request_id": request_id})
     assert early.status_code == 409
@@ -114,7 +122,7 @@ async def test_an_unfinished_request_cannot_be_re_notified(stack: Stack) -> None
 async def test_product_names_are_data_not_field_paths(stack: Stack) -> None:
     stack.origin.images["n.jpg"] = photo(200, 200, seed=5)
     url = stack.origin.url("n.jpg")
-    names = ["a.b.c", "$set", "$set", "naïve 日本語 \"quoted\""]
+    names = ["a.b.c", "$set", "$set", 'naïve 日本語 "quoted"']
     rows = [(str(i + 1), name, [url]) for i, name in enumerate(names)]
     request_id = (await stack.upload(product_csv(rows)))["request_id"]
 

@@ -34,7 +34,9 @@ async def test_published_event_reaches_the_subscribed_service(bus: EventBus) -> 
     await bus.publish(requested(7))
 
     await eventually(lambda: seen)
-    assert seen == [requested(7).model_copy(update={"event_id": seen[0].event_id, "occurred_at": seen[0].occurred_at})]
+    assert seen == [
+        requested(7).model_copy(update={"event_id": seen[0].event_id, "occurred_at": seen[0].occurred_at})
+    ]
     assert isinstance(seen[0], ImageRequested) and seen[0].index == 7
 
 
@@ -77,7 +79,9 @@ async def test_a_message_that_always_fails_is_parked_and_reported(bus: EventBus,
     assert await eventually(lambda: queue_depth(settings, dead)) == 1
 
 
-async def test_a_malformed_message_is_parked_without_stopping_the_consumer(bus: EventBus, settings: Settings) -> None:
+async def test_a_malformed_message_is_parked_without_stopping_the_consumer(
+    bus: EventBus, settings: Settings
+) -> None:
     seen: list[Event] = []
 
     async def handler(event: Event) -> None:
@@ -89,7 +93,9 @@ async def test_a_malformed_message_is_parked_without_stopping_the_consumer(bus: 
         channel = await connection.channel()
         exchange = await channel.get_exchange(bus.topology.exchange)
         await exchange.publish(aio_pika.Message(b"{not json"), routing_key=ImageFailed.routing_key)
-        await exchange.publish(aio_pika.Message(b'{"type": "ImageFailed"}'), routing_key=ImageFailed.routing_key)
+        await exchange.publish(
+            aio_pika.Message(b'{"type": "ImageFailed"}'), routing_key=ImageFailed.routing_key
+        )
     await bus.publish(ImageFailed(request_id="r1", index=0, url="http://x/", reason="404"))
 
     await eventually(lambda: seen)

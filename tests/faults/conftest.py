@@ -1,0 +1,307 @@
+"""Fault-injection fixtures: a fresh stack per test, batches of real images, exact read-model checks.
+
+Every test gets its own bus prefix and database, so a fault in one test (a parked message, a half-written
+request) cannot leak into the next. On failure, the services' logs are printed with the test's output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aio_pika
+import pytest
+from pymongo import AsyncMongoClient
+
+from localrun.samples import photo
+from localrun.supervisor import wait_for_port
+from shared.events import RequestCompleted
+from shared.settings import Settings
+from shared.storage import Doc, Store, connect_store, image_key
+from tests.conftest import AMQP_URL, delete_topology, eventually, make_settings
+from tests.origin import Origin
+from tests.stack import Stack, start_stack
+
+BATCH = 200
+URLS_PER_ROW = 2
+MISSING_EVERY = 40  # every 40th image is a 404 at the origin: a FAILED outcome the checks expect
+COMPRESSED, FAILED = "COMPRESSED", "FAILED"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    # Remember each phase's report on the test, so fixtures can tell in teardown whether it failed.
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    report = getattr(request.node, "rep_call", None)
+    return report is None or report.failed
+
+
+# --- the batch --------------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def small_photo(seed: int) -> bytes:
+    return photo(96, 96, seed)
+
+
+@dataclass
+class Batch:
+    csv_text: str
+    expected: list[tuple[str, str]]  # per image index: (url, expected status)
+
+    @property
+    def size(self) -> int:
+        return len(self.expected)
+
+    @property
+    def compressed(self) -> int:
+        return sum(status == COMPRESSED for _, status in self.expected)
+
+    @property
+    def failed(self) -> int:
+        return self.size - self.compressed
+
+
+def make_batch(origin: Origin, size: int = BATCH, tag: str = "b", urls_per_row: int = URLS_PER_ROW) -> Batch:
+    """`size` distinct URLs on the origin, `urls_per_row` to a product; every MISSING_EVERY-th is a 404."""
+    expected: list[tuple[str, str]] = []
+    for i in range(size):
+        name = f"{tag}-{i:05d}.jpg"
+        if i % MISSING_EVERY == MISSING_EVERY - 1:
+            expected.append((origin.url(name), FAILED))
+        else:
+            origin.images[name] = small_photo(i % 97)
+            expected.append((origin.url(name), COMPRESSED))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
+    for row, start in enumerate(range(0, size, urls_per_row)):
+        urls = [url for url, _ in expected[start : start + urls_per_row]]
+        writer.writerow([str(row + 1), f"Product {row + 1}", ", ".join(urls)])
+    return Batch(out.getvalue(), expected)
+
+
+async def outcomes_recorded(store: Store, request_id: str) -> int:
+    return await store.images.count_documents({"request_id": request_id})
+
+
+async def assert_exact(store: Store, request_id: str, batch: Batch) -> Doc:
+    """The read model, image by image: one outcome per index with the right status, counters that equal
+    those outcomes, a stored output for every compressed image, and the request COMPLETED."""
+    request = await store.requests.find_one({"_id": request_id})
+    assert request is not None
+    outcomes = [doc async for doc in store.images.find({"request_id": request_id})]
+    per_index = Counter(doc["index"] for doc in outcomes)
+    problems = [f"index {i} has {n} outcomes" for i, n in per_index.items() if n != 1]
+    problems += [f"index {i} has no outcome" for i in range(batch.size) if i not in per_index]
+    problems += [f"unexpected index {i}" for i in per_index if not 0 <= i < batch.size]
+    by_index = {doc["index"]: doc for doc in outcomes}
+    for i, (url, status) in enumerate(batch.expected):
+        doc = by_index.get(i)
+        if doc is None:
+            continue
+        if doc["_id"] != image_key(request_id, i) or doc["url"] != url or doc["status"] != status:
+            problems.append(f"index {i}: {doc['status']} {doc['url']}; expected {status} {url}")
+    assert not problems, f"{len(problems)} problems, first ones: {problems[:20]}"
+
+    statuses = Counter(doc["status"] for doc in outcomes)
+    assert request["status"] == "COMPLETED", request["status"]
+    assert request["total_images"] == batch.size
+    assert (request["no_img_compressed"], request["no_img_failed"]) == (statuses[COMPRESSED], statuses[FAILED])
+    assert (statuses[COMPRESSED], statuses[FAILED]) == (batch.compressed, batch.failed)
+    assert request["bytes_in"] == sum(d.get("input_bytes", 0) for d in outcomes)
+    assert request["bytes_out"] == sum(d.get("output_bytes", 0) for d in outcomes)
+    assert "completion_pending" not in request, "the completion was never marked published"
+
+    # Nothing lost on the way to storage either: each compressed outcome points at its stored output.
+    file_ids = {d["file_id"] for d in outcomes if d["status"] == COMPRESSED}
+    stored = {d["_id"] async for d in store.files.find({"_id": {"$in": sorted(file_ids)}}, projection={"_id": 1})}
+    assert stored == file_ids, f"{len(file_ids - stored)} compressed images have no stored output"
+    return request
+
+
+# --- the stack --------------------------------------------------------------------------------------------
+def service_logs(log_dir: Path, tail: int = 60) -> str:
+    parts = []
+    for path in sorted(log_dir.glob("*.log")):
+        lines = path.read_text(errors="replace").splitlines()
+        parts.append(f"===== {path.name} (last {min(tail, len(lines))} of {len(lines)} lines) =====")
+        parts.extend(lines[-tail:])
+    return "\n".join(parts)
+
+
+def log_lines(stack: Stack, process: str, event: str) -> list[str]:
+    assert stack.supervisor.log_dir is not None
+    path = stack.supervisor.log_dir / f"{process}.log"
+    return [line for line in path.read_text(errors="replace").splitlines() if f'"event": "{event}"' in line]
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture
+async def start(secantus: str, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[StackFactory]:
+    """`await start(compressors=2, mongo_url=None, **settings)`: a whole stack of its own, torn down after."""
+    stacks: list[Stack] = []
+
+    async def start_fault_stack(compressors: int = 2, mongo_url: str | None = None, **overrides: Any) -> Stack:
+        log_dir = tmp_path / f"stack{len(stacks)}"
+        log_dir.mkdir()
+        settings = make_settings(mongo_url or secantus, log_dir, **overrides)
+        stack = await start_stack(settings, log_dir, compressors=compressors)
+        stacks.append(stack)
+        return stack
+
+    yield start_fault_stack
+    for stack in stacks:
+        await stack.close()
+        if failed(request):
+            assert stack.supervisor.log_dir is not None
+            print(service_logs(stack.supervisor.log_dir))
+        await delete_topology(stack.settings)
+        client: AsyncMongoClient[Doc] = AsyncMongoClient(stack.settings.mongo_url, serverSelectionTimeoutMS=5000)
+        await client.drop_database(stack.settings.mongo_db)
+        await client.close()
+
+
+@pytest.fixture
+async def stack(start: StackFactory) -> Stack:
+    return await start()
+
+
+@pytest.fixture
+async def store(stack: Stack) -> AsyncIterator[Store]:
+    store = connect_store(stack.settings)
+    yield store
+    await store.close()
+
+
+async def run_batch(stack: Stack, batch: Batch, **fields: str) -> str:
+    accepted = await stack.upload(batch.csv_text, **fields)
+    assert accepted["images"] == batch.size
+    return str(accepted["request_id"])
+
+
+async def wait_for_outcomes(store: Store, request_id: str, at_least: int, timeout: float = 30) -> None:
+    """Until some of the batch is done: the moment a fault hits mid-batch."""
+
+    async def enough() -> bool:
+        return await outcomes_recorded(store, request_id) >= at_least
+
+    await eventually(enough, timeout=timeout, interval=0.05)
+
+
+# --- spying on the bus ------------------------------------------------------------------------------------
+class CompletionSpy:
+    """A durable queue of our own bound to `request.completed`: every RequestCompleted published.
+
+    It is read by fetching without acknowledging and then closing the channel, which puts everything
+    back: each read sees all messages so far. A fresh connection per read survives broker restarts.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.amqp_url
+        self.exchange = f"{settings.bus_prefix}.events"
+        self.queue = f"{settings.bus_prefix}.spy.completed"
+
+    async def bind(self) -> None:
+        async with await aio_pika.connect(self.url) as connection:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+            queue = await channel.declare_queue(self.queue, durable=True)
+            await queue.bind(exchange, routing_key=RequestCompleted.routing_key)
+
+    async def received(self, request_id: str | None = None) -> list[RequestCompleted]:
+        events = []
+        async with await aio_pika.connect(self.url) as connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue(self.queue)
+            while (message := await queue.get(no_ack=False, fail=False)) is not None:
+                events.append(RequestCompleted.model_validate_json(message.body))
+        return [e for e in events if request_id is None or e.request_id == request_id]
+
+    async def delete(self) -> None:
+        async with await aio_pika.connect(self.url) as connection:
+            channel = await connection.channel()
+            await channel.queue_delete(self.queue)
+
+
+@pytest.fixture
+async def spy(stack: Stack) -> AsyncIterator[CompletionSpy]:
+    spy = CompletionSpy(stack.settings)
+    await spy.bind()
+    yield spy
+    await spy.delete()
+
+
+async def assert_notified_once(stack: Stack, spy: CompletionSpy, request_id: str, settle: float = 1.0) -> None:
+    """Exactly one RequestCompleted on the bus and exactly one email, also after a moment's wait."""
+    await eventually(lambda: stack.smtp.for_request(request_id), timeout=30)
+    await asyncio.sleep(settle)  # a duplicate would be right behind the first
+    completions = await spy.received(request_id)
+    assert len(completions) == 1, f"{len(completions)} RequestCompleted events: {completions}"
+    assert len(stack.smtp.for_request(request_id)) == 1
+
+
+# --- the broker -------------------------------------------------------------------------------------------
+def queue_depths(prefix: str) -> dict[str, int]:
+    """Messages (ready and unacknowledged) in every queue of a prefix, as the broker counts them."""
+    listed = rabbitmqctl("list_queues", "name", "messages", "--formatter", "json", "--quiet")
+    return {q["name"]: int(q["messages"]) for q in json.loads(listed) if q["name"].startswith(f"{prefix}.")}
+
+
+async def assert_drained(stack: Stack, services: tuple[str, ...] = ("compressor", "status", "notifier")) -> None:
+    """Nothing left in flight or waiting to be retried, and nothing parked in a dead-letter queue."""
+    prefix = stack.settings.bus_prefix
+
+    async def leftovers() -> dict[str, int]:
+        depths = await asyncio.to_thread(queue_depths, prefix)
+        return {
+            name: n for name, n in depths.items() if n and name.split(".")[1] in services
+        }
+
+    async def empty() -> bool:
+        return not await leftovers()
+
+    try:
+        await eventually(empty, timeout=20, interval=0.3)
+    except AssertionError:
+        raise AssertionError(f"messages left over: {await leftovers()}") from None
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> str:
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        pytest.skip("rabbitmqctl is not installed; this test restarts the local RabbitMQ")
+    done = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, f"rabbitmqctl {' '.join(args)} failed: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def broker_up() -> None:
+    """Start the broker's app if it is stopped, and wait until it takes connections."""
+    rabbitmqctl("start_app")
+    rabbitmqctl("await_startup")
+    address = urlsplit(AMQP_URL)
+    wait_for_port(address.hostname or "127.0.0.1", address.port or 5672, 30, "RabbitMQ")
+
+
+@pytest.fixture
+def broker_restarts() -> Iterator[None]:
+    """For tests that stop the shared broker: it is up again when the test ends, whatever happened."""
+    yield
+    broker_up()
