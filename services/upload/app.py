@@ -1,9 +1,7 @@
 """The API gateway: upload a CSV, follow its status, fetch images and the output CSV, re-send notices.
 
 Writes go through the outbox (see relay.py); reads come straight from the read model the status service
-maintains. Every error body has the same shape:
-
-    {"error": "<summary>", "problems": [{"row": 3, "column": "Product Name", "reason": "is blank"}]}
+maintains. Every error has the shape described in errors.py; the write path is in intake.py.
 """
 
 from __future__ import annotations
@@ -14,47 +12,33 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
-from email_validator import EmailNotValidError, validate_email
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from gridfs.errors import NoFile
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pymongo.errors import PyMongoError
 from starlette.datastructures import UploadFile
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.notifier.webhook import verify as verify_webhook_signature
-from services.upload.csv_input import CsvLimits, CsvReader, CsvRejected, Problem
+from services.upload.csv_input import CsvLimits, CsvRejected
+from services.upload.errors import ApiError, BodySizeLimit, install_error_handlers, problem
+from services.upload.intake import discard, form_problems, store_request
 from services.upload.relay import OutboxRelay
 from shared.bus import EventBus
 from shared.events import NotificationRequested
 from shared.read_model import iter_rows, output_csv
 from shared.runtime import connect_with_retry
 from shared.settings import Settings, get_settings
-from shared.storage import ROWS_PER_CHUNK, Store, connect_store, row_chunk_key
+from shared.storage import Store, connect_store
 
 log = structlog.get_logger()
 
 UPLOADS = Counter("imagepipe_upload_requests_total", "Upload attempts, by outcome", ["outcome"])
 FILE_ID = re.compile(r"^[0-9a-f]{32}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, problems: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(error)
-        self.status, self.error, self.problems = status, error, problems or []
-
-
-def problem(
-    reason: str, *, field: str | None = None, row: int | None = None, column: str | None = None
-) -> dict[str, Any]:
-    return {"row": row, "column": column, "field": field, "reason": reason}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -83,12 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="imagepipe", version="1.0", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, path="/upload", max_bytes=settings.max_csv_bytes + 64 * 1024)
 
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"Retry-After": "5"} if exc.status == 503 else None
-        return JSONResponse(
-            {"error": exc.error, "problems": exc.problems}, status_code=exc.status, headers=headers
-        )
+    install_error_handlers(app)
 
     async def require_api_key(request: Request) -> None:
         if not settings.api_keys:
@@ -110,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhook_url = (
             _text(form.get("webhook_url")) or request.query_params.get("webhook_url", "").strip() or None
         )
-        problems = _form_problems(file, email, webhook_url)
+        problems = form_problems(file, email, webhook_url, allow_private=settings.fetch_allow_private)
         if problems:
             UPLOADS.labels("rejected").inc()
             raise ApiError(422 if file is not None else 400, "invalid form fields", problems)
@@ -125,16 +104,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request_id = secrets.token_urlsafe(16)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            accepted = await _store_request(store, limits, request_id, file, email, webhook_url)
+            accepted = await store_request(store, limits, request_id, file, email, webhook_url)
         except CsvRejected as exc:
             UPLOADS.labels("rejected").inc()
-            await _discard(store, request_id)
+            await discard(store, request_id)
             error = f"{exc}; nothing was queued"
-            raise ApiError(exc.status_code, error, [_problem(p) for p in exc.problems]) from None
+            raise ApiError(
+                exc.status_code, error, [problem(p.reason, row=p.row, column=p.column) for p in exc.problems]
+            ) from None
         except PyMongoError as exc:
             UPLOADS.labels("unavailable").inc()
             log.error("upload_storage_failed", error=str(exc)[:200])
-            await _discard(store, request_id)
+            await discard(store, request_id)
             raise ApiError(503, "storage is unavailable; nothing was accepted, try again shortly") from None
         relay.kick()
         UPLOADS.labels("accepted").inc()
@@ -282,86 +263,6 @@ def _text(value: object) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def _problem(p: Problem) -> dict[str, Any]:
-    return problem(p.reason, row=p.row, column=p.column)
-
-
-def _form_problems(file: object, email: str, webhook_url: str | None) -> list[dict[str, Any]]:
-    problems = []
-    if not isinstance(file, UploadFile):
-        problems.append(problem("a CSV file is required as the multipart field 'file'", field="file"))
-    if not email:
-        problems.append(
-            problem("an email address is required (form field or query parameter 'email')", field="email")
-        )
-    else:
-        try:
-            validate_email(email, check_deliverability=False)
-        except EmailNotValidError as exc:
-            problems.append(problem(f"invalid email address: {exc}", field="email"))
-    if webhook_url is not None:
-        parts = urlsplit(webhook_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or len(webhook_url) > 2048:
-            problems.append(problem("webhook_url must be an absolute http(s) URL", field="webhook_url"))
-    return problems
-
-
-async def _store_request(
-    store: Store, limits: CsvLimits, request_id: str, file: UploadFile, email: str, webhook_url: str | None
-) -> dict[str, Any]:
-    """Validate the CSV while streaming its rows into the database; the request document comes last, so
-    nothing is visible (or published) unless the whole file is valid and stored."""
-    reader = CsvReader(file.file, limits)
-    chunks = reader.chunks(ROWS_PER_CHUNK)
-    chunk_no = images = products = 0
-    while (rows := await asyncio.to_thread(next, chunks, None)) is not None:
-        if reader.problems:
-            continue  # keep reading to report every problem, but store nothing more
-        await store.rows.insert_one(
-            {
-                "_id": row_chunk_key(request_id, chunk_no),
-                "request_id": request_id,
-                "chunk": chunk_no,
-                "first_image": images,
-                "rows": [
-                    {"serial": r.serial, "name": r.name, "urls": list(r.urls), "cells": list(r.cells)}
-                    for r in rows
-                ],
-            }
-        )
-        chunk_no += 1
-        products += len(rows)
-        images += sum(len(r.urls) for r in rows)
-    reader.raise_if_invalid()
-    now = datetime.now(UTC)
-    doc = {
-        "_id": request_id,
-        "status": "PENDING",
-        "email": email,
-        "webhook_url": webhook_url,
-        "columns": reader.columns,
-        "total_products": products,
-        "total_images": images,
-        "row_chunks": chunk_no,
-        "no_img_compressed": 0,
-        "no_img_failed": 0,
-        "bytes_in": 0,
-        "bytes_out": 0,
-        "created_at": now,
-        # outbox bookkeeping (relay.py)
-        "outbox_pending": True,
-        "published_chunks": 0,
-        "lease_until": datetime.fromtimestamp(0, UTC),
-    }
-    await store.requests.insert_one(doc)
-    return doc
-
-
-async def _discard(store: Store, request_id: str) -> None:
-    with suppress(PyMongoError):
-        await store.rows.delete_many({"request_id": request_id})
-
-
 async def _request_or_404(store: Store, request_id: str, projection: dict[str, int]) -> dict[str, Any]:
     structlog.contextvars.bind_contextvars(request_id=request_id)
     doc = (
@@ -408,53 +309,3 @@ async def _authorise_renotify(
             return
         raise ApiError(401, "invalid webhook signature")
     await require_api_key(request)
-
-
-class BodySizeLimit:
-    """Refuse an oversized upload with 413 while it streams in, before it is parsed or spooled."""
-
-    def __init__(self, app: ASGIApp, path: str, max_bytes: int) -> None:
-        self.app, self.path, self.max_bytes = app, path, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._reject(send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send)
-
-    async def _reject(self, send: Send) -> None:
-        body = (
-            b'{"error": "the upload is larger than the limit", "problems": [{"row": null, "column": null, '
-            b'"field": "file", "reason": "request body exceeds '
-            + str(self.max_bytes).encode()
-            + b' bytes"}]}'
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass

@@ -193,3 +193,22 @@ class TestApiKeys:
             "/webhook-completed", content=body, headers={"content-type": "application/json", **signed}
         )
         assert good.status_code == 404  # authorised; the request id is simply unknown
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://169.254.169.254/latest/meta-data", "http://[::ffff:169.254.169.254]/", "http://0.0.0.0:9/"],
+)
+async def test_a_webhook_url_at_a_refused_address_is_named(api: httpx.AsyncClient, url: str) -> None:
+    response = await post_csv(api, GOOD_CSV, webhook_url=url)
+    assert response.status_code == 422
+    (found,) = response.json()["problems"]
+    assert found["field"] == "webhook_url" and "refused" in found["reason"]
+
+
+async def test_bad_parameters_get_the_same_error_shape(api: httpx.AsyncClient) -> None:
+    response = await api.get("/status/" + "x" * 22, params={"offset": "abc"})
+    assert response.status_code == 400
+    assert response.json()["problems"][0]["field"] == "offset"
+    missing = await api.get("/no-such-path")
+    assert missing.status_code == 404 and "error" in missing.json()

@@ -1,0 +1,117 @@
+"""Accepting an upload: check the form, then validate the CSV while storing it, request document last.
+
+Nothing is visible (or published) unless the whole file is valid and stored: the rows are written as they
+are validated, and the request document, which the outbox relay and the status endpoint look for, comes
+only at the end. A rejected file's rows are deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from email_validator import EmailNotValidError, validate_email
+from pymongo.errors import PyMongoError
+from starlette.datastructures import UploadFile
+
+from services.upload.csv_input import CsvLimits, CsvReader
+from services.upload.errors import problem
+from shared.netguard import BlockedAddressError, check_host_literal
+from shared.storage import ROWS_PER_CHUNK, Doc, Store, row_chunk_key
+
+
+def form_problems(
+    file: object, email: str, webhook_url: str | None, *, allow_private: bool
+) -> list[dict[str, Any]]:
+    problems = []
+    if not isinstance(file, UploadFile):
+        problems.append(problem("a CSV file is required as the multipart field 'file'", field="file"))
+    if not email:
+        problems.append(
+            problem("an email address is required (form field or query parameter 'email')", field="email")
+        )
+    else:
+        try:
+            validate_email(email, check_deliverability=False)
+        except EmailNotValidError as exc:
+            problems.append(problem(f"invalid email address: {exc}", field="email"))
+    if webhook_url is not None:
+        reason = webhook_url_problem(webhook_url, allow_private=allow_private)
+        if reason:
+            problems.append(problem(reason, field="webhook_url"))
+    return problems
+
+
+def webhook_url_problem(url: str, *, allow_private: bool) -> str | None:
+    """Syntax, plus a refused address written as a literal; names are checked again at delivery time."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return "webhook_url is not a valid URL"
+    if parts.scheme not in ("http", "https") or not host or len(url) > 2048:
+        return "webhook_url must be an absolute http(s) URL of at most 2048 characters"
+    try:
+        check_host_literal(host, allow_private)
+    except BlockedAddressError as exc:
+        return f"webhook_url points at a {exc.reason} address, which is refused"
+    return None
+
+
+async def store_request(
+    store: Store, limits: CsvLimits, request_id: str, file: UploadFile, email: str, webhook_url: str | None
+) -> Doc:
+    """Raises CsvRejected (invalid file) or PyMongoError (storage down); the caller then calls discard()."""
+    reader = CsvReader(file.file, limits)
+    chunks = reader.chunks(ROWS_PER_CHUNK)
+    chunk_no = images = products = 0
+    # Parsing is CPU work: each chunk is read in a thread, so the event loop keeps serving other requests.
+    while (rows := await asyncio.to_thread(next, chunks, None)) is not None:
+        if reader.problems:
+            continue  # keep reading to report every problem, but store nothing more
+        await store.rows.insert_one(
+            {
+                "_id": row_chunk_key(request_id, chunk_no),
+                "request_id": request_id,
+                "chunk": chunk_no,
+                "first_image": images,
+                "rows": [
+                    {"serial": r.serial, "name": r.name, "urls": list(r.urls), "cells": list(r.cells)}
+                    for r in rows
+                ],
+            }
+        )
+        chunk_no += 1
+        products += len(rows)
+        images += sum(len(r.urls) for r in rows)
+    reader.raise_if_invalid()
+    doc = {
+        "_id": request_id,
+        "status": "PENDING",
+        "email": email,
+        "webhook_url": webhook_url,
+        "columns": reader.columns,
+        "total_products": products,
+        "total_images": images,
+        "row_chunks": chunk_no,
+        "no_img_compressed": 0,
+        "no_img_failed": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "created_at": datetime.now(UTC),
+        # outbox bookkeeping (relay.py)
+        "outbox_pending": True,
+        "published_chunks": 0,
+        "lease_until": datetime.fromtimestamp(0, UTC),
+    }
+    await store.requests.insert_one(doc)
+    return doc
+
+
+async def discard(store: Store, request_id: str) -> None:
+    with suppress(PyMongoError):
+        await store.rows.delete_many({"request_id": request_id})
