@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -21,6 +22,7 @@ from gridfs.errors import NoFile
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pymongo.errors import PyMongoError
 from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.notifier.webhook import verify as verify_webhook_signature
 from services.upload.csv_input import CsvLimits, CsvRejected
@@ -39,6 +41,7 @@ log = structlog.get_logger()
 UPLOADS = Counter("imagepipe_upload_requests_total", "Upload attempts, by outcome", ["outcome"])
 FILE_ID = re.compile(r"^[0-9a-f]{32}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+REQUEST_PATH = re.compile(r"^/(?:status|output)/(?P<request_id>[A-Za-z0-9_-]{16,64})$")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -68,6 +71,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, path="/upload", max_bytes=settings.max_csv_bytes + 64 * 1024)
 
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def fresh_log_context(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # A keep-alive connection serves many requests in one task: never let one's request_id leak on.
+        structlog.contextvars.clear_contextvars()
+        return await call_next(request)
 
     async def require_api_key(request: Request) -> None:
         if not settings.api_keys:
@@ -309,3 +320,42 @@ async def _authorise_renotify(
             return
         raise ApiError(401, "invalid webhook signature")
     await require_api_key(request)
+
+
+class AccessLog:
+    """One structured line per HTTP request, carrying the request_id like every other log line.
+
+    It replaces uvicorn's access log, which is written outside the request's logging context. The context is
+    cleared first: a keep-alive connection serves many requests in one task, and none may inherit another's.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        structlog.contextvars.clear_contextvars()
+        path: str = scope["path"]
+        if match := REQUEST_PATH.match(path):
+            structlog.contextvars.bind_contextvars(request_id=match["request_id"])
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            log.info(
+                "http_request",
+                method=scope["method"],
+                path=path,
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )

@@ -138,3 +138,24 @@ async def test_unknown_ids_get_404(stack: Stack) -> None:
     assert (await stack.http.get(f"{stack.api}/image/not-an-id")).status_code == 404
     assert (await stack.http.get(f"{stack.api}/status/{'y' * 22}")).status_code == 404
     assert (await stack.http.get(f"{stack.api}/output/{'y' * 22}")).status_code == 404
+
+
+async def test_every_service_logs_the_request_id(stack: Stack) -> None:
+    stack.origin.images["log.jpg"] = photo(200, 200, seed=11)
+    request_id = (await stack.upload(product_csv([("1", "Logged", [stack.origin.url("log.jpg")])])))["request_id"]
+    await stack.wait_completed(request_id)
+    await eventually(lambda: stack.smtp.for_request(request_id))
+
+    assert stack.supervisor.log_dir is not None
+    events_by_service: dict[str, set[str]] = {}
+    for log_file in stack.supervisor.log_dir.glob("*.log"):
+        for line in log_file.read_text().splitlines():
+            if request_id not in line or not line.startswith("{"):
+                continue
+            record = json.loads(line)
+            assert record.get("request_id") == request_id, f"{log_file.name}: {line}"
+            events_by_service.setdefault(record["service"], set()).add(record["event"])
+    assert "upload_accepted" in events_by_service["upload"]
+    assert "image_compressed" in events_by_service["compressor"]
+    assert "request_completed" in events_by_service["status"]
+    assert "notification_finished" in events_by_service["notifier"]
