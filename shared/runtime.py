@@ -7,6 +7,7 @@ subscriptions; everything else (connect with retries, SIGTERM, draining in-fligh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,18 +42,29 @@ class Runtime:
         return self.bus.is_ready and await self.store.ping()
 
 
-async def connect_with_retry(bus: EventBus, stopping: asyncio.Event) -> None:
+async def retry_until_done(what: str, action: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> bool:
+    """Run `action` until it succeeds (True), backing off, or until a stop is asked for (False).
+
+    A service starts alongside its broker and database and must wait for them; a SIGTERM while it
+    waits ends the wait at once, so a stop never hangs on an outage.
+    """
     delay = 0.5
-    while True:
-        try:
-            await bus.connect()
-            return
-        except Exception as exc:
-            if stopping.is_set():
-                raise
-            log.warning("broker_unavailable_retrying", error=str(exc), retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    while not stopping.is_set():
+        attempt = asyncio.ensure_future(action())
+        stop = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({attempt, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not attempt.done():  # stopped mid-attempt (a connect can take seconds to time out)
+            attempt.cancel()
+            return False
+        if attempt.exception() is None:
+            return True
+        error = str(attempt.exception())[:200]
+        log.warning("dependency_unavailable_retrying", dependency=what, error=error, retry_in_s=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+        delay = min(delay * 2, 10.0)
+    return False
 
 
 async def serve_health(runtime: Runtime) -> web.AppRunner:
@@ -93,12 +105,12 @@ async def run_service(service: str, start: Callable[[Runtime], Awaitable[None]])
         loop.add_signal_handler(sig, runtime.stopping.set)
 
     health = await serve_health(runtime)
-    await runtime.store.ensure_indexes_with_retry(runtime.stopping)
-    await connect_with_retry(runtime.bus, runtime.stopping)
-    await start(runtime)
-    log.info("service_started")
-
-    await runtime.stopping.wait()
+    if await retry_until_done(
+        "database", runtime.store.ensure_indexes, runtime.stopping
+    ) and await retry_until_done("broker", runtime.bus.connect, runtime.stopping):
+        await start(runtime)
+        log.info("service_started")
+        await runtime.stopping.wait()
     log.info("service_stopping", grace_s=settings.shutdown_grace)
     await runtime.bus.stop_consuming(settings.shutdown_grace)
     for task in runtime.background:

@@ -11,12 +11,12 @@ Collections (per-request documents have ids "<request_id>:<n>", for idempotent w
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pymongo
 import structlog
 from bson import Binary, ObjectId
 from gridfs import AsyncGridFSBucket
@@ -89,24 +89,12 @@ class Store:
         await self.requests.create_index("outbox_pending", sparse=True)
         await self.requests.create_index("completion_pending", sparse=True)
 
-    async def ensure_indexes_with_retry(self, stopping: asyncio.Event) -> None:
-        """At start-up the database may not answer yet (it starts alongside us): wait for it."""
-        delay = 0.5
-        while True:
-            try:
-                await self.ensure_indexes()
-                return
-            except PyMongoError as exc:
-                if stopping.is_set():
-                    raise
-                log.warning("database_unavailable_retrying", error=str(exc)[:200], retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
     async def ping(self) -> bool:
+        """For readiness probes: answers within a second, whatever the database does."""
         try:
-            await self.client.admin.command("ping")
-        except Exception:
+            with pymongo.timeout(1.0):
+                await self.client.admin.command("ping")
+        except PyMongoError:
             return False
         return True
 

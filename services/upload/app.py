@@ -32,7 +32,7 @@ from services.upload.relay import OutboxRelay
 from shared.bus import EventBus
 from shared.events import NotificationRequested
 from shared.read_model import iter_rows, output_csv
-from shared.runtime import connect_with_retry
+from shared.runtime import retry_until_done
 from shared.settings import Settings, get_settings
 from shared.storage import Store, connect_store
 
@@ -54,13 +54,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stopping = asyncio.Event()
-        await store.ensure_indexes_with_retry(stopping)
-        # The API starts without the broker: uploads are stored and the relay publishes them once it is back.
-        connecting = asyncio.create_task(connect_with_retry(bus, stopping))
+        # The API serves at once, outages or not: readiness reports them, uploads answer 503 while the
+        # database is down, and accepted uploads wait in the outbox until the broker is back.
+        indexing = asyncio.create_task(retry_until_done("database", store.ensure_indexes, stopping))
+        connecting = asyncio.create_task(retry_until_done("broker", bus.connect, stopping))
         relaying = asyncio.create_task(_after(connecting, relay.run_forever))
         yield
         stopping.set()
-        for task in (connecting, relaying):
+        for task in (indexing, connecting, relaying):
             task.cancel()
             with suppress(asyncio.CancelledError, Exception):
                 await task
@@ -265,9 +266,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
-async def _after(first: asyncio.Task[None], then: Callable[[], Awaitable[None]]) -> None:
-    await first
-    await then()
+async def _after(first: asyncio.Task[bool], then: Callable[[], Awaitable[None]]) -> None:
+    if await first:
+        await then()
 
 
 def _text(value: object) -> str:

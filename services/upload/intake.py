@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import pymongo
 from email_validator import EmailNotValidError, validate_email
 from pymongo.errors import PyMongoError
 from starlette.datastructures import UploadFile
@@ -113,5 +114,6 @@ async def store_request(
 
 
 async def discard(store: Store, request_id: str) -> None:
-    with suppress(PyMongoError):
+    """Best effort: rows of a request that never got its document are invisible, only wasted space."""
+    with suppress(PyMongoError), pymongo.timeout(2.0):
         await store.rows.delete_many({"request_id": request_id})
