@@ -1,11 +1,15 @@
 """Project image outcomes into the request read model, and announce completion exactly once.
 
-Recording an outcome and counting it happen in one transaction, keyed by the image: a redelivered event
+Recording outcomes and counting them happen in one transaction, keyed by the image: a redelivered event
 finds its image already recorded and changes nothing, so counters never double-count. The transaction that
 records the last outcome also flips the request to COMPLETED and marks its completion as pending
 publication; publishing happens after the commit, and a sweeper republishes any completion a crash left
 unpublished. The completion's event_id is fixed when it is recorded, so a republished RequestCompleted is
 recognisably the same one.
+
+Outcomes of one request that arrive together are recorded together, in one transaction: concurrent
+transactions on one request document would only conflict and retry, and batching turns N round trips into
+a few. Each message is acknowledged only after the transaction holding its outcome has committed.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 import structlog
+from pymongo import UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 from shared.events import Event, ImageCompressed, ImageFailed, RequestCompleted
@@ -25,6 +31,8 @@ log = structlog.get_logger()
 
 PENDING, COMPLETED = "PENDING", "COMPLETED"
 FAILURES_KEPT = 100  # failures listed on the request document itself; all of them are in `images`
+
+Outcome = ImageCompressed | ImageFailed
 
 
 class Publisher(Protocol):
@@ -39,60 +47,86 @@ class StatusProjection:
     def __init__(self, store: Store, publisher: Publisher) -> None:
         self.store = store
         self.publisher = publisher
+        self._waiting: dict[str, list[tuple[Outcome, asyncio.Future[None]]]] = {}
+        self._recording: set[str] = set()  # requests whose recorder task is running
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, event: Event) -> None:
-        assert isinstance(event, ImageCompressed | ImageFailed)
-        async with self.store.client.start_session() as session:
-            completed = await session.with_transaction(lambda s: self._record(s, event))
-        if completed:
-            await self.publish_completion(event.request_id)
+        """Returns once the outcome is committed; raises if its transaction failed (so it is retried)."""
+        assert isinstance(event, Outcome)
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(event.request_id, []).append((event, done))
+        if event.request_id not in self._recording:
+            self._recording.add(event.request_id)
+            task = asyncio.create_task(self._record_while_waiting(event.request_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await done
 
-    async def _record(self, session: AsyncClientSession, event: ImageCompressed | ImageFailed) -> bool:
-        """Returns True when this outcome completed the request."""
+    async def _record_while_waiting(self, request_id: str) -> None:
+        try:
+            # Each round takes every outcome that arrived meanwhile; the loop ends, with no await between
+            # the empty pop and the discard, when none is waiting.
+            while batch := self._waiting.pop(request_id, None):
+                events = [event for event, _ in batch]
+                try:
+                    async with self.store.client.start_session() as session:
+                        completed = await session.with_transaction(
+                            partial(self._record, request_id=request_id, events=events)
+                        )
+                except Exception as exc:
+                    for _, done in batch:
+                        done.set_exception(exc)
+                    continue
+                if completed:
+                    try:
+                        await self.publish_completion(request_id)
+                    except Exception as exc:  # recorded as pending: the sweeper publishes it
+                        log.warning("completion_publish_failed", request_id=request_id, error=str(exc)[:200])
+                for _, done in batch:
+                    done.set_result(None)
+        finally:
+            self._recording.discard(request_id)
+
+    async def _record(self, session: AsyncClientSession, *, request_id: str, events: list[Outcome]) -> bool:
+        """Returns True when these outcomes completed the request."""
         now = datetime.now(UTC)
-        outcome: dict[str, Any] = {
-            "request_id": event.request_id,
-            "index": event.index,
-            "url": event.url,
-            "at": now,
-        }
-        inc: dict[str, int] = {}
-        push: dict[str, Any] = {}
-        if isinstance(event, ImageCompressed):
-            outcome |= {
-                "status": "COMPRESSED",
-                "file_id": event.file_id,
-                "content_type": event.content_type,
-                "input_bytes": event.input_bytes,
-                "output_bytes": event.output_bytes,
-                "kept_original": event.kept_original,
-            }
-            inc = {"no_img_compressed": 1, "bytes_in": event.input_bytes, "bytes_out": event.output_bytes}
-        else:
-            outcome |= {"status": "FAILED", "reason": event.reason}
-            inc = {"no_img_failed": 1}
-            failure = {"index": event.index, "url": event.url, "reason": event.reason}
-            push = {"failures": {"$each": [failure], "$slice": FAILURES_KEPT}}
-
-        recorded = await self.store.images.update_one(
-            {"_id": image_key(event.request_id, event.index)},
-            {"$setOnInsert": outcome},
-            upsert=True,
+        recorded = await self.store.images.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": image_key(request_id, e.index)}, {"$setOnInsert": _outcome(e, now)}, upsert=True
+                )
+                for e in events
+            ],
+            ordered=False,
             session=session,
         )
-        if recorded.upserted_id is None:
-            log.info("duplicate_outcome_ignored", index=event.index)
+        new = [events[i] for i in recorded.upserted_ids or {}]
+        if len(new) < len(events):
+            log.info("duplicate_outcomes_ignored", count=len(events) - len(new))
+        if not new:
             return False
 
-        update: dict[str, Any] = {"$inc": inc}
-        if push:
-            update["$push"] = push
+        compressed = [e for e in new if isinstance(e, ImageCompressed)]
+        failures = [
+            {"index": e.index, "url": e.url, "reason": e.reason} for e in new if isinstance(e, ImageFailed)
+        ]
+        update: dict[str, Any] = {
+            "$inc": {
+                "no_img_compressed": len(compressed),
+                "no_img_failed": len(failures),
+                "bytes_in": sum(e.input_bytes for e in compressed),
+                "bytes_out": sum(e.output_bytes for e in compressed),
+            }
+        }
+        if failures:
+            update["$push"] = {"failures": {"$each": failures, "$slice": FAILURES_KEPT}}
         # update_one + find_one rather than find_one_and_update: SecantusDB answers the latter by a scan.
-        counted = await self.store.requests.update_one({"_id": event.request_id}, update, session=session)
+        counted = await self.store.requests.update_one({"_id": request_id}, update, session=session)
         if counted.matched_count != 1:
-            raise UnknownRequest(f"no request {event.request_id}")
+            raise UnknownRequest(f"no request {request_id}")
         request = await self.store.requests.find_one(
-            {"_id": event.request_id},
+            {"_id": request_id},
             projection={"status": 1, "total_images": 1, "no_img_compressed": 1, "no_img_failed": 1},
             session=session,
         )
@@ -101,7 +135,7 @@ class StatusProjection:
         if done < request["total_images"] or request["status"] != PENDING:
             return False
         await self.store.requests.update_one(
-            {"_id": event.request_id, "status": PENDING},
+            {"_id": request_id, "status": PENDING},
             {
                 "$set": {
                     "status": COMPLETED,
@@ -152,3 +186,22 @@ class StatusProjection:
             except Exception as exc:  # an outage: try again next round
                 log.warning("completion_sweep_failed", error=str(exc)[:200])
             await asyncio.sleep(interval)
+
+
+def _outcome(event: Outcome, now: datetime) -> dict[str, Any]:
+    outcome: dict[str, Any] = {
+        "request_id": event.request_id,
+        "index": event.index,
+        "url": event.url,
+        "at": now,
+    }
+    if isinstance(event, ImageCompressed):
+        return outcome | {
+            "status": "COMPRESSED",
+            "file_id": event.file_id,
+            "content_type": event.content_type,
+            "input_bytes": event.input_bytes,
+            "output_bytes": event.output_bytes,
+            "kept_original": event.kept_original,
+        }
+    return outcome | {"status": "FAILED", "reason": event.reason}

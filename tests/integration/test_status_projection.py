@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
 
-from services.status.projection import StatusProjection
+import pytest
+
+from services.status.projection import StatusProjection, UnknownRequest
 from shared.events import Event, ImageCompressed, ImageFailed, RequestCompleted
 from shared.storage import Store
 
@@ -95,3 +97,11 @@ async def test_a_completion_left_unpublished_by_a_crash_is_swept_with_the_same_e
     assert await projection.sweep_unpublished(older_than=timedelta(seconds=-1)) == 1
     assert await projection.sweep_unpublished(older_than=timedelta(seconds=-1)) == 0
     assert [e.event_id for e in publisher.events] == [doc["completion_event_id"]]
+
+
+async def test_an_outcome_for_an_unknown_request_fails_so_it_is_retried(store: Store) -> None:
+    projection = StatusProjection(store, RecordingPublisher())
+    with pytest.raises(UnknownRequest):
+        await projection.handle(compressed("req-nobody", 0))
+    # The transaction rolled back: the outcome was not kept, so a retry can record it once the request exists.
+    assert await store.images.count_documents({"request_id": "req-nobody"}) == 0
