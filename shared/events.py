@@ -27,21 +27,24 @@ class Event(BaseModel):
     occurred_at: datetime = Field(default_factory=_now)
 
 
-class ImageRequested(Event):
-    """The upload accepted a request; image `index` (0-based, in CSV order) must be compressed."""
+class ImageEvent(Event):
+    """About one image of a request: the `index`-th URL (0-based, in CSV order)."""
+
+    index: int
+    url: str
+
+
+class ImageRequested(ImageEvent):
+    """The upload accepted a request; this image must be compressed."""
 
     routing_key: ClassVar[str] = "image.requested"
     type: Literal["ImageRequested"] = "ImageRequested"
-    index: int
-    url: str
     file_id: str  # where the output goes: deterministic, so a redelivery overwrites instead of orphaning
 
 
-class ImageCompressed(Event):
+class ImageCompressed(ImageEvent):
     routing_key: ClassVar[str] = "image.compressed"
     type: Literal["ImageCompressed"] = "ImageCompressed"
-    index: int
-    url: str
     file_id: str
     content_type: str
     input_bytes: int
@@ -49,11 +52,9 @@ class ImageCompressed(Event):
     kept_original: bool = False  # re-encoding would have grown the image, so its original bytes are kept
 
 
-class ImageFailed(Event):
+class ImageFailed(ImageEvent):
     routing_key: ClassVar[str] = "image.failed"
     type: Literal["ImageFailed"] = "ImageFailed"
-    index: int
-    url: str
     reason: str
 
 
