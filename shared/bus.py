@@ -146,7 +146,9 @@ class EventBus:
         assert self._connection is not None, "connect() first"
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.get_queue(self.topology.queue(service), ensure=False)
+        # Declared (passively), not just looked up: only declared queues get their consumers back when the
+        # robust connection reconnects; a queue from get_queue(ensure=False) would silently stop consuming.
+        queue = await channel.declare_queue(self.topology.queue(service), passive=True)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             task = asyncio.current_task()

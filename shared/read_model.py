@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from shared.output_csv import failed_entry, output_header, output_row, write_csv
-from shared.storage import ROWS_PER_CHUNK, Doc, Store
+from shared.storage import ROWS_PER_CHUNK, Doc, Store, row_chunk_key
+
+RECENT_CHUNKS = 64  # row chunks kept per process (up to ~64 MB; typically a few MB)
+_recent_chunks: OrderedDict[str, Doc] = OrderedDict()
 
 
 def image_url(base_url: str, file_id: str) -> str:
@@ -26,21 +30,12 @@ async def iter_rows(
 ) -> AsyncIterator[tuple[Doc, list[Doc | None]]]:
     """Yield (row, outcome of each of its images, aligned with row["urls"]) in CSV order.
 
-    Both collections are read one chunk at a time on their (request_id, position) indexes, so memory
-    and the cost of a read stay bounded, however large the request and the store.
+    Both collections are read one chunk at a time on their indexes, so memory and the cost of a read
+    stay bounded, however large the request and the store.
     """
     remaining = limit
-    first_chunk = first_row // ROWS_PER_CHUNK
     skip = first_row % ROWS_PER_CHUNK
-    chunks: Doc = {"$gte": first_chunk}
-    if limit is not None:
-        chunks["$lte"] = (first_row + limit - 1) // ROWS_PER_CHUNK
-    cursor = store.rows.find(
-        {"request_id": request_id, "chunk": chunks},
-        sort=[("chunk", 1)],
-        batch_size=2,  # a chunk is up to ~1 MB: fetch a couple at a time, never the whole request
-    )
-    async for chunk in cursor:
+    async for chunk in _row_chunks(store, request_id, first_row, limit):
         rows: list[Doc] = chunk["rows"]
         first_image = chunk["first_image"] + sum(len(r["urls"]) for r in rows[:skip])
         rows = rows[skip:] if remaining is None else rows[skip : skip + remaining]
@@ -60,7 +55,34 @@ async def iter_rows(
             remaining -= len(rows)
             if remaining <= 0:
                 break
-    await cursor.close()
+
+
+async def _row_chunks(store: Store, request_id: str, first_row: int, limit: int | None) -> AsyncIterator[Doc]:
+    first_chunk = first_row // ROWS_PER_CHUNK
+    if limit is None:  # the whole request, streamed once (the output CSV): straight from the database
+        cursor = store.rows.find(
+            {"request_id": request_id, "chunk": {"$gte": first_chunk}},
+            sort=[("chunk", 1)],
+            batch_size=2,  # a chunk is up to ~1 MB: fetch a couple at a time, never the whole request
+        )
+        async for streamed in cursor:
+            yield streamed
+        return
+    # A page (the status endpoint, polled over and over): rows never change once stored, so recently
+    # read chunks are kept in memory and a poll costs only the outcomes it shows.
+    for number in range(first_chunk, (first_row + limit - 1) // ROWS_PER_CHUNK + 1):
+        key = row_chunk_key(request_id, number)
+        chunk: Doc | None = _recent_chunks.get(key)
+        if chunk is None:
+            chunk = await store.rows.find_one({"_id": key})
+            if chunk is None:
+                return  # past the last row
+            _recent_chunks[key] = chunk
+            if len(_recent_chunks) > RECENT_CHUNKS:
+                _recent_chunks.popitem(last=False)
+        else:
+            _recent_chunks.move_to_end(key)
+        yield chunk
 
 
 async def output_csv(

@@ -11,7 +11,7 @@ from shared.runtime import Runtime, run_service
 
 async def start(rt: Runtime) -> None:
     s = rt.settings
-    codec = CodecPool(s.codec_workers)
+    codec = CodecPool(s.codec_workers, s.codec_nice)
     await codec.warm_up()
     fetcher = SafeFetcher(FetchPolicy.from_settings(s))
     compressor = Compressor(rt.store, rt.bus, fetcher, codec, s.quality, s.max_pixels)
