@@ -7,6 +7,7 @@ policy does in production.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -61,7 +62,17 @@ class Managed:
     def start(self) -> None:
         if self.log_file is not None:
             self._out = self.log_file.open("ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self._out, stderr=self._out)
+        # In a process group of its own, so that what it starts (the compressor's codec processes) goes
+        # with it: a service killed outright would otherwise leave them running, orphaned.
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=self._out, stderr=self._out, start_new_session=True
+        )
+
+    def kill_leftovers(self) -> None:
+        """Kill whatever the process left behind in its group once it is gone."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
     @property
     def alive(self) -> bool:
@@ -106,6 +117,7 @@ class Supervisor:
             if managed.alive or not managed.restart or managed.proc is None:
                 continue
             if managed.next_start == 0.0:
+                managed.kill_leftovers()
                 code = managed.proc.returncode
                 delay = min(2.0 ** min(managed.restarts, 5) * 0.5, 10.0)
                 log.warning(
@@ -148,14 +160,21 @@ def _terminate(processes: list[Managed], grace: float) -> None:
             log.warning("process_killed_after_grace", process=m.name)
             m.proc.kill()
             m.proc.wait()
+        m.kill_leftovers()
         if m._out is not None:
             m._out.close()
 
 
-def secantus_argv(storage: Path, port: int) -> list[str]:
+def secantus_argv(storage: Path, port: int, sync_on_commit: bool = True) -> list[str]:
+    """The command line of a SecantusDB server on `port`, keeping its files under `storage`.
+
+    `sync_on_commit` makes every acknowledged write survive the server being killed: without it, a
+    kill -9 loses the last few commits, which the services were told were stored (tests/faults).
+    """
     storage.mkdir(parents=True, exist_ok=True)
     binary = Path(sys.executable).parent / "secantusd-py"
-    return [str(binary), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage)]
+    argv = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage)]
+    return [*argv, "--sync-on-commit"] if sync_on_commit else argv
 
 
 def secantus_url(port: int) -> str:

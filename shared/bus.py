@@ -25,6 +25,7 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 
@@ -53,6 +54,9 @@ SUBSCRIPTIONS: dict[str, tuple[type[Event], ...]] = {
 # do not count here: they go through the retry queues. The broker's own limit is a backstop above it.
 CRASH_LIMIT = 5
 DELIVERY_LIMIT = 20
+# While the connection is being re-established its channels are closed; a publish waits this long for them
+# to be restored rather than fail at once.
+RECONNECT_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ class EventBus:
         self.topology = Topology(settings.bus_prefix, tuple(settings.retry_delays_ms))
         self._url = settings.amqp_url
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -124,6 +128,7 @@ class EventBus:
     async def publish(self, event: Event) -> None:
         """Returns once the broker has confirmed the message (persisted to its queues)."""
         assert self._exchange is not None, "connect() first"
+        await self._channel_ready()
         await self._exchange.publish(
             _message(event.model_dump_json().encode(), event, attempt=0),
             routing_key=event.routing_key,
@@ -156,6 +161,12 @@ class EventBus:
             self._in_flight.add(task)
             try:
                 await self._handle(service, message, handler, on_parked)
+            except Exception:
+                # Sending it to a retry queue failed (the broker is going away, or is half back): give it
+                # back. Left unacknowledged on a channel that stays open, it would never be delivered again.
+                log.exception("message_requeued", service=service)
+                with contextlib.suppress(Exception):
+                    await message.nack(requeue=True)
             finally:
                 self._in_flight.discard(task)
 
@@ -229,6 +240,7 @@ class EventBus:
         self, message: AbstractIncomingMessage, queue: str, attempt: int, reason: str
     ) -> None:
         assert self._channel is not None
+        await self._channel_ready()
         copy = aio_pika.Message(
             body=message.body,
             headers={**(message.headers or {}), "x-attempt": attempt, "x-last-error": reason},
@@ -238,6 +250,10 @@ class EventBus:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         await self._channel.default_exchange.publish(copy, routing_key=queue, mandatory=True)
+
+    async def _channel_ready(self) -> None:
+        assert self._channel is not None, "connect() first"
+        await asyncio.wait_for(self._channel.ready(), RECONNECT_WAIT_S)
 
     # --- topology -------------------------------------------------------------------------------------
     async def _declare_topology(self, channel: AbstractChannel) -> AbstractExchange:

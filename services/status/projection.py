@@ -10,6 +10,10 @@ recognisably the same one.
 Outcomes of one request that arrive together are recorded together, in one transaction: concurrent
 transactions on one request document would only conflict and retry, and batching turns N round trips into
 a few. Each message is acknowledged only after the transaction holding its outcome has committed.
+
+A status process killed mid-transaction leaves its transaction open in the database, holding the request
+document: every write to that request would wait until the database times it out (60 s by default). The
+SessionReaper below aborts such transactions within seconds instead.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from functools import partial
 from typing import Any, Protocol
 
 import structlog
+from bson import Binary
 from pymongo import UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 
@@ -31,6 +36,8 @@ log = structlog.get_logger()
 
 PENDING, COMPLETED = "PENDING", "COMPLETED"
 FAILURES_KEPT = 100  # failures listed on the request document itself; all of them are in `images`
+HEARTBEAT_S = 1.0  # also how often unpublished completions are swept
+PRESUMED_DEAD = timedelta(seconds=5)
 
 Outcome = ImageCompressed | ImageFailed
 
@@ -50,6 +57,7 @@ class StatusProjection:
         self._waiting: dict[str, list[tuple[Outcome, asyncio.Future[None]]]] = {}
         self._recording: set[str] = set()  # requests whose recorder task is running
         self._tasks: set[asyncio.Task[None]] = set()
+        self.reaper = SessionReaper(store)
 
     async def handle(self, event: Event) -> None:
         """Returns once the outcome is committed; raises if its transaction failed (so it is retried)."""
@@ -71,12 +79,14 @@ class StatusProjection:
                 events = [event for event, _ in batch]
                 try:
                     async with self.store.client.start_session() as session:
+                        await self.reaper.register(session)
                         completed = await session.with_transaction(
                             partial(self._record, request_id=request_id, events=events)
                         )
                 except Exception as exc:
                     for _, done in batch:
-                        done.set_exception(exc)
+                        if not done.done():  # its handler was cancelled (shutdown, lost channel)
+                            done.set_exception(exc)
                     continue
                 if completed:
                     try:
@@ -84,7 +94,8 @@ class StatusProjection:
                     except Exception as exc:  # recorded as pending: the sweeper publishes it
                         log.warning("completion_publish_failed", request_id=request_id, error=str(exc)[:200])
                 for _, done in batch:
-                    done.set_result(None)
+                    if not done.done():
+                        done.set_result(None)
         finally:
             self._recording.discard(request_id)
 
@@ -179,9 +190,10 @@ class StatusProjection:
             swept += 1
         return swept
 
-    async def sweep_forever(self, interval: float = 5.0) -> None:
+    async def sweep_forever(self, interval: float = HEARTBEAT_S) -> None:
         while True:
             try:
+                await self.reaper.heartbeat_and_reap()
                 await self.sweep_unpublished()
             except Exception as exc:  # an outage: try again next round
                 log.warning("completion_sweep_failed", error=str(exc)[:200])
@@ -205,3 +217,49 @@ def _outcome(event: Outcome, now: datetime) -> dict[str, Any]:
             "kept_original": event.kept_original,
         }
     return outcome | {"status": "FAILED", "reason": event.reason}
+
+
+class SessionReaper:
+    """Aborts the transactions a dead status instance left open.
+
+    Each instance records the ids of the sessions it runs transactions on (the driver reuses a handful)
+    and heartbeats; one that has not heartbeaten for PRESUMED_DEAD is taken for dead, and whichever live
+    instance notices first (its own restart, typically) kills its sessions, which aborts their transactions.
+    Wrongly presuming a paused instance dead costs only a retry: its aborted transaction is run again.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.instances = store.db["status_instances"]
+        self.admin = store.client.admin
+        self.instance = uuid.uuid4().hex
+        self._sessions: set[Binary] = set()
+
+    async def register(self, session: AsyncClientSession) -> None:
+        """Record a session's id before its first transaction."""
+        lsid: Binary = session.session_id["id"]
+        if lsid not in self._sessions:
+            await self.instances.update_one(
+                {"_id": self.instance},
+                {"$addToSet": {"sessions": lsid}, "$setOnInsert": {"seen": datetime.now(UTC)}},
+                upsert=True,
+            )
+            self._sessions.add(lsid)
+
+    async def heartbeat_and_reap(self) -> int:
+        """Heartbeat, then abort the transactions of instances presumed dead; returns how many there were."""
+        now = datetime.now(UTC)
+        await self.instances.update_one(
+            {"_id": self.instance},
+            # Re-adding our sessions restores them if we were presumed dead during a long pause.
+            {"$set": {"seen": now}, "$addToSet": {"sessions": {"$each": list(self._sessions)}}},
+            upsert=True,
+        )
+        reaped = 0
+        async for dead in self.instances.find({"seen": {"$lt": now - PRESUMED_DEAD}}):
+            sessions = [{"id": lsid} for lsid in dead.get("sessions", [])]
+            if sessions:
+                await self.admin.command("killSessions", sessions)
+            await self.instances.delete_one({"_id": dead["_id"], "seen": dead["seen"]})
+            log.warning("dead_instance_sessions_killed", instance=dead["_id"], sessions=len(sessions))
+            reaped += 1
+        return reaped

@@ -4,7 +4,9 @@ An accepted request is stored first (its rows and its request document, flagged 
 only then published, chunk by chunk, recording after each confirmed chunk how far it got. If the broker
 is down or the process dies midway, the next pass (on start-up, then every few seconds) resumes from the
 last recorded chunk; at most one chunk is published twice, which the idempotent consumers absorb.
-A lease keeps two gateway replicas from publishing the same request at once.
+A lease keeps two gateway replicas from publishing the same request at once. It is renewed while the
+publishing goes on and given back if it fails, so a retry need not wait; the lease of a gateway that died
+runs out within LEASE, and the next pass (its own restart, typically) takes the request over.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from shared.storage import Doc, Store, output_file_id, row_chunk_key
 log = structlog.get_logger()
 
 PUBLISHED = Counter("imagepipe_upload_events_published_total", "ImageRequested events published")
-LEASE = timedelta(seconds=60)
+LEASE = timedelta(seconds=6)  # renewed every LEASE/3 while publishing
 
 
 class Publisher(Protocol):
@@ -65,9 +67,36 @@ class OutboxRelay:
             request = await self.store.requests.find_one({"_id": pending["_id"]})
             assert request is not None
             with structlog.contextvars.bound_contextvars(request_id=request["_id"]):
-                await self._publish(request)
+                try:
+                    await self._publish_holding_lease(request)
+                except Exception:
+                    # Give the lease back, or the retry a few seconds from now would find it still held.
+                    with contextlib.suppress(Exception):
+                        await self.store.requests.update_one(
+                            {"_id": request["_id"], "outbox_pending": True},
+                            {"$set": {"lease_until": datetime.fromtimestamp(0, UTC)}},
+                        )
+                    raise
             return True
         return False
+
+    async def _publish_holding_lease(self, request: Doc) -> None:
+        renewing = asyncio.create_task(self._renew_lease(request["_id"]))
+        try:
+            await self._publish(request)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    async def _renew_lease(self, request_id: str) -> None:
+        while True:
+            await asyncio.sleep(LEASE.total_seconds() / 3)
+            with contextlib.suppress(Exception):  # a database blip: the next renewal may get through
+                await self.store.requests.update_one(
+                    {"_id": request_id, "outbox_pending": True},
+                    {"$set": {"lease_until": datetime.now(UTC) + LEASE}},
+                )
 
     async def _publish(self, request: Doc) -> None:
         request_id = request["_id"]

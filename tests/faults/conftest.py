@@ -9,23 +9,24 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import shutil
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
+import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
 from localrun.samples import photo
 from localrun.supervisor import wait_for_port
+from shared.bus import SUBSCRIPTIONS, Topology
 from shared.events import RequestCompleted
 from shared.settings import Settings
 from shared.storage import Doc, Store, connect_store, image_key
@@ -53,7 +54,7 @@ def failed(request: pytest.FixtureRequest) -> bool:
 
 
 # --- the batch --------------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def small_photo(seed: int) -> bytes:
     return photo(96, 96, seed)
 
@@ -76,8 +77,11 @@ class Batch:
         return self.size - self.compressed
 
 
-def make_batch(origin: Origin, size: int = BATCH, tag: str = "b", urls_per_row: int = URLS_PER_ROW) -> Batch:
-    """`size` distinct URLs on the origin, `urls_per_row` to a product; every MISSING_EVERY-th is a 404."""
+def make_batch(
+    origin: Origin, size: int = BATCH, urls_per_row: int = URLS_PER_ROW, delay: float = 0.0, tag: str = "b"
+) -> Batch:
+    """`size` distinct URLs on the origin, `urls_per_row` to a product; every MISSING_EVERY-th is a 404.
+    A `delay` (seconds per fetch) stretches the batch so that a fault lands in its middle."""
     expected: list[tuple[str, str]] = []
     for i in range(size):
         name = f"{tag}-{i:05d}.jpg"
@@ -85,6 +89,8 @@ def make_batch(origin: Origin, size: int = BATCH, tag: str = "b", urls_per_row: 
             expected.append((origin.url(name), FAILED))
         else:
             origin.images[name] = small_photo(i % 97)
+            if delay:
+                origin.delay[name] = delay
             expected.append((origin.url(name), COMPRESSED))
     out = io.StringIO()
     writer = csv.writer(out)
@@ -99,7 +105,7 @@ async def outcomes_recorded(store: Store, request_id: str) -> int:
     return await store.images.count_documents({"request_id": request_id})
 
 
-async def assert_exact(store: Store, request_id: str, batch: Batch) -> Doc:
+async def assert_exact(store: Store, request_id: str, batch: Batch, outputs_stored: bool = True) -> Doc:
     """The read model, image by image: one outcome per index with the right status, counters that equal
     those outcomes, a stored output for every compressed image, and the request COMPLETED."""
     request = await store.requests.find_one({"_id": request_id})
@@ -121,26 +127,40 @@ async def assert_exact(store: Store, request_id: str, batch: Batch) -> Doc:
     statuses = Counter(doc["status"] for doc in outcomes)
     assert request["status"] == "COMPLETED", request["status"]
     assert request["total_images"] == batch.size
-    assert (request["no_img_compressed"], request["no_img_failed"]) == (statuses[COMPRESSED], statuses[FAILED])
+    assert (request["no_img_compressed"], request["no_img_failed"]) == (
+        statuses[COMPRESSED],
+        statuses[FAILED],
+    )
     assert (statuses[COMPRESSED], statuses[FAILED]) == (batch.compressed, batch.failed)
     assert request["bytes_in"] == sum(d.get("input_bytes", 0) for d in outcomes)
     assert request["bytes_out"] == sum(d.get("output_bytes", 0) for d in outcomes)
     assert "completion_pending" not in request, "the completion was never marked published"
 
+    if not outputs_stored:
+        return request
     # Nothing lost on the way to storage either: each compressed outcome points at its stored output.
     file_ids = {d["file_id"] for d in outcomes if d["status"] == COMPRESSED}
-    stored = {d["_id"] async for d in store.files.find({"_id": {"$in": sorted(file_ids)}}, projection={"_id": 1})}
+    stored = {
+        d["_id"] async for d in store.files.find({"_id": {"$in": sorted(file_ids)}}, projection={"_id": 1})
+    }
     assert stored == file_ids, f"{len(file_ids - stored)} compressed images have no stored output"
     return request
 
 
 # --- the stack --------------------------------------------------------------------------------------------
-def service_logs(log_dir: Path, tail: int = 60) -> str:
+ROUTINE = ('"event": "http_request"', '"event": "image_compressed"', '"event": "duplicate_outcome')
+
+
+def service_logs(log_dir: Path, tail: int = 30, problems: int = 40) -> str:
+    """Each service's warnings and errors, then its last lines, leaving out the routine per-image ones."""
     parts = []
     for path in sorted(log_dir.glob("*.log")):
         lines = path.read_text(errors="replace").splitlines()
-        parts.append(f"===== {path.name} (last {min(tail, len(lines))} of {len(lines)} lines) =====")
-        parts.extend(lines[-tail:])
+        bad = [line for line in lines if '"level": "warning"' in line or '"level": "error"' in line]
+        bad += [line for line in lines if line.startswith(("Traceback", "  File", "    "))]
+        last = [line for line in lines if not any(r in line for r in ROUTINE)][-tail:]
+        parts.append(f"===== {path.name}: {len(lines)} lines, {len(bad)} warnings/errors =====")
+        parts += [*bad[:problems], f"----- {path.name}: last {len(last)} non-routine lines -----", *last]
     return "\n".join(parts)
 
 
@@ -158,7 +178,9 @@ async def start(secantus: str, tmp_path: Path, request: pytest.FixtureRequest) -
     """`await start(compressors=2, mongo_url=None, **settings)`: a whole stack of its own, torn down after."""
     stacks: list[Stack] = []
 
-    async def start_fault_stack(compressors: int = 2, mongo_url: str | None = None, **overrides: Any) -> Stack:
+    async def start_fault_stack(
+        compressors: int = 2, mongo_url: str | None = None, **overrides: Any
+    ) -> Stack:
         log_dir = tmp_path / f"stack{len(stacks)}"
         log_dir.mkdir()
         settings = make_settings(mongo_url or secantus, log_dir, **overrides)
@@ -173,7 +195,9 @@ async def start(secantus: str, tmp_path: Path, request: pytest.FixtureRequest) -
             assert stack.supervisor.log_dir is not None
             print(service_logs(stack.supervisor.log_dir))
         await delete_topology(stack.settings)
-        client: AsyncMongoClient[Doc] = AsyncMongoClient(stack.settings.mongo_url, serverSelectionTimeoutMS=5000)
+        client: AsyncMongoClient[Doc] = AsyncMongoClient(
+            stack.settings.mongo_url, serverSelectionTimeoutMS=5000
+        )
         await client.drop_database(stack.settings.mongo_db)
         await client.close()
 
@@ -194,6 +218,27 @@ async def run_batch(stack: Stack, batch: Batch, **fields: str) -> str:
     accepted = await stack.upload(batch.csv_text, **fields)
     assert accepted["images"] == batch.size
     return str(accepted["request_id"])
+
+
+async def wait_completed(stack: Stack, store: Store, request_id: str, timeout: float = 60) -> None:
+    """Until GET /status says COMPLETED, restarting what died meanwhile (as `make run` does) and riding
+    out an API that is restarting; on timeout, says how far the request got."""
+
+    async def completed() -> bool:
+        stack.supervisor.poll()
+        try:
+            return (await stack.status(request_id))["status"] == "COMPLETED"
+        except httpx.TransportError:
+            return False
+
+    try:
+        await eventually(completed, timeout=timeout, interval=0.25)
+    except AssertionError:
+        request = await store.requests.find_one({"_id": request_id}, projection={"rows": 0, "failures": 0})
+        recorded = await outcomes_recorded(store, request_id)
+        raise AssertionError(
+            f"not completed in {timeout} s: {recorded} outcomes; request: {request}"
+        ) from None
 
 
 async def wait_for_outcomes(store: Store, request_id: str, at_least: int, timeout: float = 30) -> None:
@@ -221,7 +266,9 @@ class CompletionSpy:
     async def bind(self) -> None:
         async with await aio_pika.connect(self.url) as connection:
             channel = await connection.channel()
-            exchange = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+            exchange = await channel.declare_exchange(
+                self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
             queue = await channel.declare_queue(self.queue, durable=True)
             await queue.bind(exchange, routing_key=RequestCompleted.routing_key)
 
@@ -248,7 +295,9 @@ async def spy(stack: Stack) -> AsyncIterator[CompletionSpy]:
     await spy.delete()
 
 
-async def assert_notified_once(stack: Stack, spy: CompletionSpy, request_id: str, settle: float = 1.0) -> None:
+async def assert_notified_once(
+    stack: Stack, spy: CompletionSpy, request_id: str, settle: float = 1.0
+) -> None:
     """Exactly one RequestCompleted on the bus and exactly one email, also after a moment's wait."""
     await eventually(lambda: stack.smtp.for_request(request_id), timeout=30)
     await asyncio.sleep(settle)  # a duplicate would be right behind the first
@@ -258,29 +307,104 @@ async def assert_notified_once(stack: Stack, spy: CompletionSpy, request_id: str
 
 
 # --- the broker -------------------------------------------------------------------------------------------
-def queue_depths(prefix: str) -> dict[str, int]:
-    """Messages (ready and unacknowledged) in every queue of a prefix, as the broker counts them."""
-    listed = rabbitmqctl("list_queues", "name", "messages", "--formatter", "json", "--quiet")
-    return {q["name"]: int(q["messages"]) for q in json.loads(listed) if q["name"].startswith(f"{prefix}.")}
+class ChokingProxy:
+    """A TCP proxy to the broker that lets clients send `budget` bytes, then swallows the rest until opened
+    (and then closes those connections; new ones pass freely).
+
+    A publisher behind it gets its first messages to the broker and then waits for confirms that never
+    come: a publication stopped halfway, at a point the test chooses by size rather than by timing.
+    """
+
+    def __init__(self, amqp_url: str, budget: int) -> None:
+        target = urlsplit(amqp_url)
+        self.host, self.port = target.hostname or "127.0.0.1", target.port or 5672
+        self.budget: int | None = budget
+        self.sent = 0
+        self._opened = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def open(self) -> None:
+        self.budget = None
+        self._opened.set()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        broker_r, broker_w = await asyncio.open_connection(self.host, self.port)
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                if self.budget is not None and self.sent + len(data) > self.budget:
+                    fits = max(0, self.budget - self.sent)
+                    broker_w.write(data[:fits])
+                    self.sent += fits
+                    # Choked for good: the rest never arrives, and the connection ends when we open up.
+                    await self._opened.wait()
+                    return
+                broker_w.write(data)
+                self.sent += len(data)
+                await broker_w.drain()
+
+        async def downstream() -> None:
+            while data := await broker_r.read(65536):
+                client_w.write(data)
+                await client_w.drain()
+
+        try:
+            await asyncio.wait(
+                [asyncio.create_task(upstream()), asyncio.create_task(downstream())],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except ConnectionError:
+            pass
+        finally:
+            for writer in (broker_w, client_w):
+                writer.close()
 
 
-async def assert_drained(stack: Stack, services: tuple[str, ...] = ("compressor", "status", "notifier")) -> None:
-    """Nothing left in flight or waiting to be retried, and nothing parked in a dead-letter queue."""
-    prefix = stack.settings.bus_prefix
+async def queue_depths(settings: Settings, services: Iterable[str] = SUBSCRIPTIONS) -> dict[str, int]:
+    """Messages waiting (ready) in every queue of `services`, dead-letter and retry queues included.
 
-    async def leftovers() -> dict[str, int]:
-        depths = await asyncio.to_thread(queue_depths, prefix)
-        return {
-            name: n for name, n in depths.items() if n and name.split(".")[1] in services
-        }
+    Asked of each queue directly: `rabbitmqctl list_queues` reports quorum queues up to 5 s late.
+    """
+    t = Topology(settings.bus_prefix, tuple(settings.retry_delays_ms))
+    names = [
+        name
+        for service in services
+        for name in (
+            t.queue(service),
+            t.dead_letter_queue(service),
+            *(t.retry_queue(service, d) for d in t.retry_delays_ms),
+        )
+    ]
+    depths = {}
+    async with await aio_pika.connect(settings.amqp_url) as connection:
+        channel = await connection.channel()
+        for name in names:
+            declared = await channel.declare_queue(name, passive=True)
+            depths[name] = declared.declaration_result.message_count or 0
+    return depths
 
-    async def empty() -> bool:
-        return not await leftovers()
+
+async def assert_drained(
+    stack: Stack, services: tuple[str, ...] = ("compressor", "status", "notifier")
+) -> None:
+    """Nothing waiting to be handled or retried, and nothing parked in a dead-letter queue."""
+
+    async def drained() -> bool:
+        return not any((await queue_depths(stack.settings, services)).values())
 
     try:
-        await eventually(empty, timeout=20, interval=0.3)
+        await eventually(drained, timeout=20, interval=0.2)
     except AssertionError:
-        raise AssertionError(f"messages left over: {await leftovers()}") from None
+        left = {name: n for name, n in (await queue_depths(stack.settings, services)).items() if n}
+        raise AssertionError(f"messages left over: {left}") from None
 
 
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:
@@ -298,10 +422,3 @@ def broker_up() -> None:
     rabbitmqctl("await_startup")
     address = urlsplit(AMQP_URL)
     wait_for_port(address.hostname or "127.0.0.1", address.port or 5672, 30, "RabbitMQ")
-
-
-@pytest.fixture
-def broker_restarts() -> Iterator[None]:
-    """For tests that stop the shared broker: it is up again when the test ends, whatever happened."""
-    yield
-    broker_up()
