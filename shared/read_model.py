@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from shared.output_csv import failed_entry, output_header, output_row, write_csv
 from shared.storage import ROWS_PER_CHUNK, Doc, Store, row_chunk_key
 
+OUTCOME_FIELDS = {"_id": 0, "index": 1, "status": 1, "file_id": 1, "url": 1, "reason": 1}
 RECENT_CHUNKS = 64  # row chunks kept per process (up to ~64 MB; typically a few MB)
 _recent_chunks: OrderedDict[str, Doc] = OrderedDict()
 
@@ -44,7 +45,8 @@ async def iter_rows(
         outcomes = {
             doc["index"]: doc
             async for doc in store.images.find(
-                {"request_id": request_id, "index": {"$gte": first_image, "$lt": end_image}}
+                {"request_id": request_id, "index": {"$gte": first_image, "$lt": end_image}},
+                projection=OUTCOME_FIELDS,
             )
         }
         index = first_image

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 import structlog
 from fastapi import Depends, FastAPI, Request
@@ -146,30 +148,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # --- reads ----------------------------------------------------------------------------------------
     @app.get("/status/{request_id}", dependencies=[Depends(require_api_key)])
-    async def status(request_id: str, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+    async def status(
+        request_id: str, offset: int = 0, limit: int = 20, view: Literal["full", "summary"] = "full"
+    ) -> Response:
+        """The request's progress, and a page of its products (`view=summary`: progress only, for pollers)."""
         if offset < 0 or not 1 <= limit <= 1000:
             raise ApiError(
                 400, "invalid paging", [problem("offset >= 0 and 1 <= limit <= 1000", field="limit")]
             )
-        doc = await _request_or_404(store, request_id, projection={"rows": 0})
+        doc = await _request_or_404(
+            store, request_id, projection=None if view == "full" else {"notifications": 0}
+        )
         done = doc["no_img_compressed"] + doc["no_img_failed"]
-        products = [
-            {
-                "serial_number": row["serial"],
-                "product_name": row["name"],
-                "input_urls": row["urls"],
-                "output_urls": [
-                    f"{settings.base_url}/image/{o['file_id']}" if o and o["status"] == "COMPRESSED" else None
-                    for o in outcomes
-                ],
-                "failed": [
-                    {"url": o["url"], "reason": o["reason"]}
-                    for o in outcomes
-                    if o and o["status"] == "FAILED"
-                ],
-            }
-            async for row, outcomes in iter_rows(store, request_id, offset, limit)
-        ]
+        products = (
+            []
+            if view == "summary"
+            else [
+                {
+                    "serial_number": row["serial"],
+                    "product_name": row["name"],
+                    "input_urls": row["urls"],
+                    "output_urls": [
+                        f"{settings.base_url}/image/{o['file_id']}"
+                        if o and o["status"] == "COMPRESSED"
+                        else None
+                        for o in outcomes
+                    ],
+                    "failed": [
+                        {"url": o["url"], "reason": o["reason"]}
+                        for o in outcomes
+                        if o and o["status"] == "FAILED"
+                    ],
+                }
+                async for row, outcomes in iter_rows(store, request_id, offset, limit)
+            ]
+        )
         body: dict[str, Any] = {
             "request_id": request_id,
             "status": doc["status"],
@@ -186,11 +199,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "output_csv_url": f"{settings.base_url}/output/{request_id}"
             if doc["status"] == "COMPLETED"
             else None,
-            "product_details": products,
-            "page": {"offset": offset, "limit": limit, "total_products": doc["total_products"]},
-            "notifications": doc.get("notifications", []),
         }
-        return body
+        if view == "full":
+            body["product_details"] = products
+            body["page"] = {"offset": offset, "limit": limit, "total_products": doc["total_products"]}
+            body["notifications"] = doc.get("notifications", [])
+        # Serialised directly: FastAPI's generic encoder costs more than the rest of the request.
+        return Response(json.dumps(body, default=_json_default), media_type="application/json")
 
     @app.get("/image/{file_id}")
     async def image(file_id: str) -> Response:
@@ -266,6 +281,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
 async def _after(first: asyncio.Task[bool], then: Callable[[], Awaitable[None]]) -> None:
     if await first:
         await then()
@@ -275,7 +296,7 @@ def _text(value: object) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-async def _request_or_404(store: Store, request_id: str, projection: dict[str, int]) -> dict[str, Any]:
+async def _request_or_404(store: Store, request_id: str, projection: dict[str, int] | None) -> dict[str, Any]:
     structlog.contextvars.bind_contextvars(request_id=request_id)
     doc = (
         await store.requests.find_one({"_id": request_id}, projection=projection)
@@ -291,8 +312,6 @@ async def _request_id_from(request: Request, raw: bytes) -> str:
     request_id = request.query_params.get("request_id")
     content_type = request.headers.get("content-type", "")
     if not request_id and content_type.startswith("application/json") and raw:
-        import json
-
         try:
             body = json.loads(raw)
             request_id = body.get("request_id") if isinstance(body, dict) else None

@@ -136,7 +136,9 @@ async def test_status_pages_products(api: httpx.AsyncClient) -> None:
     assert page["product_details"][1]["input_urls"] == ["https://img.example.com/501.jpg"]
     assert page["page"] == {"offset": 499, "limit": 3, "total_products": 1200}
     default = (await api.get(f"/status/{request_id}")).json()
-    assert len(default["product_details"]) == 100
+    assert len(default["product_details"]) == 20
+    summary = (await api.get(f"/status/{request_id}", params={"view": "summary"})).json()
+    assert "product_details" not in summary and summary["total_products"] == 1200
     assert (await api.get(f"/status/{request_id}", params={"limit": 0})).status_code == 400
 
 
