@@ -4,6 +4,8 @@ under load, the size of a status page, and a large upload's acceptance and queue
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -12,15 +14,17 @@ from typing import Any
 import aiohttp
 import structlog
 
-from bench.procstat import cpu_seconds, find_pids
+from bench.procstat import cpu_seconds, machine_busy_seconds
 from bench.stack import BenchStack, ProcessMemory
 from bench.stats import percentile
-from bench.statusload import LoadResult, fixed_rate
+from bench.statusload import LoadResult, closed_loop, fixed_rate
 from bench.workload import outcome_times, outcomes_recorded, product_csv, request_doc, upload
 
 log = structlog.get_logger()
 
-RABBITMQ_PROCESS = "beam.smp"
+MACHINE = "whole machine"  # in BatchResult.cpu: every process's CPU, the benchmark's and any other
+RSS_EVERY = 0.5  # seconds between samples of the compressors' memory during a batch
+HARNESS = ("origin",)  # processes standing in for the outside world: not part of the system's cost
 
 
 @dataclass
@@ -37,27 +41,44 @@ class BatchResult:
     bytes_in: int
     bytes_out: int
     memory: dict[str, ProcessMemory]  # at the end of the batch
-    cpu: dict[str, float]  # CPU seconds each process used during the batch
+    cpu: dict[str, float]  # CPU seconds each process used during the batch, and MACHINE
+    cpu_window: float  # wall seconds over which `cpu` was counted (upload to completion seen)
     compressor_rss: dict[str, tuple[int, int]] = field(default_factory=dict)  # max RSS, 1st and 2nd half
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def system_cpu(self) -> dict[str, float]:
+        """CPU seconds of the system's own processes (RabbitMQ included; the origin and the rest not)."""
+        return {n: s for n, s in self.cpu.items() if n != MACHINE and n not in HARNESS and s > 0.005}
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return sum(self.system_cpu.values()) / self.images * 1000
+
+    @property
+    def outside_share(self) -> float:
+        """Share of the machine's capacity that processes outside the run used during the batch."""
+        ours = sum(s for n, s in self.cpu.items() if n != MACHINE)
+        return max(0.0, self.cpu.get(MACHINE, 0.0) - ours) / (self.cores * self.cpu_window)
+
 
 def _cpu_snapshot(stack: BenchStack) -> dict[str, float]:
     snapshot = stack.cpu()
-    snapshot["rabbitmq"] = sum(cpu_seconds(pid) for pid in find_pids(RABBITMQ_PROCESS))
+    if stack.broker_pid is not None:
+        snapshot["rabbitmq"] = cpu_seconds(stack.broker_pid)
+    snapshot[MACHINE] = machine_busy_seconds()
     return snapshot
 
 
 def _compressor_rss(stack: BenchStack) -> dict[str, int]:
     """Each compressor's resident memory now: its own process plus its codec workers."""
-    found = stack.memory()
     return {
         name: m.main.rss + sum(w.rss for w in m.workers)
-        for name, m in found.items()
-        if name in stack.compressors
+        for name, m in stack.memory(stack.compressors).items()
     }
 
 
@@ -71,21 +92,21 @@ async def run_batch(
 ) -> BatchResult:
     """Upload one request of `images` images and wait for all of them; `alongside(request_id)` runs
     concurrently once the request is accepted (the status load)."""
-    cpu_before = _cpu_snapshot(stack)
+    cpu_before, window_start = _cpu_snapshot(stack), time.monotonic()
     accepted = await upload(http, stack.api, product_csv(stack.origin_url, tag, images))
     side = asyncio.create_task(alongside(accepted.request_id)) if alongside else None
     started = time.monotonic()
     samples: list[tuple[float, dict[str, int]]] = []
 
     async def completed() -> bool:
-        if not samples or time.monotonic() - samples[-1][0] >= 1.0:
+        if not samples or time.monotonic() - samples[-1][0] >= RSS_EVERY:
             samples.append((time.monotonic(), _compressor_rss(stack)))
         return await outcomes_recorded(stack.store, accepted.request_id) >= images
 
     await stack.wait_for(completed, 120 + images, f"{images} images of {tag}", interval=0.2)
     if side is not None:
         await side
-    cpu_after = _cpu_snapshot(stack)
+    cpu_after, window = _cpu_snapshot(stack), time.monotonic() - window_start
 
     doc = await request_doc(stack.store, accepted.request_id)
     created = doc["created_at"]
@@ -114,6 +135,7 @@ async def run_batch(
         bytes_out=doc["bytes_out"],
         memory=stack.memory(),
         cpu={name: cpu_after.get(name, 0.0) - before for name, before in cpu_before.items()},
+        cpu_window=window,
         compressor_rss=halves,
     )
     log.info(
@@ -150,6 +172,10 @@ class StatusLoad:
     def p99(self) -> float:
         return percentile(self.load.latencies, 99)
 
+    @property
+    def lag_p99(self) -> float:
+        return percentile(self.load.lags, 99)
+
 
 async def status_under_load(
     stack: BenchStack, http: aiohttp.ClientSession, images: int, rate: float, seconds: float
@@ -164,12 +190,26 @@ async def status_under_load(
     return StatusLoad(batch, loads[0])
 
 
-async def status_page_bytes(http: aiohttp.ClientSession, api: str, request_id: str) -> int:
+async def status_capacity(
+    http: aiohttp.ClientSession, api: str, request_id: str, concurrency: int, seconds: float
+) -> LoadResult:
+    """How many default-page reads per second the API sustains with nothing else running."""
+    return await closed_loop(http, f"{api}/status/{request_id}", concurrency, seconds)
+
+
+@dataclass(frozen=True)
+class StatusPage:
+    bytes: int
+    products: int  # products on the page: the API's default page size
+
+
+async def status_page(http: aiohttp.ClientSession, api: str, request_id: str) -> StatusPage:
+    """The default GET /status/{id} response (no paging parameters), weighed."""
     async with http.get(f"{api}/status/{request_id}") as response:
         body = await response.read()
     if response.status != 200:
         raise RuntimeError(f"GET /status answered {response.status}")
-    return len(body)
+    return StatusPage(len(body), len(json.loads(body).get("product_details") or []))
 
 
 async def _published(stack: BenchStack, request_id: str) -> bool:
@@ -180,16 +220,16 @@ async def _published(stack: BenchStack, request_id: str) -> bool:
 @dataclass
 class PageSize:
     images: int
-    pending_bytes: int  # the default page of a request this size, before any image is done
+    pending: StatusPage  # the default page of a request this size, before any image is done
 
 
 async def page_size(stack: BenchStack, http: aiohttp.ClientSession, images: int) -> PageSize:
     """Needs no compressors running: the request is accepted, measured, then its queued work dropped."""
     accepted = await upload(http, stack.api, product_csv(stack.origin_url, "page", images))
-    size = await status_page_bytes(http, stack.api, accepted.request_id)
+    page = await status_page(http, stack.api, accepted.request_id)
     await stack.wait_for(lambda: _published(stack, accepted.request_id), 120, "the page request published")
     await stack.broker.purge("compressor")
-    return PageSize(images, size)
+    return PageSize(images, page)
 
 
 @dataclass

@@ -29,9 +29,9 @@ def _kib(value: str | None) -> int:
     return int(value.split()[0]) * 1024 if value else 0  # "123456 kB"
 
 
-def children(pid: int) -> list[int]:
-    """Direct children of `pid` (e.g. a compressor's codec pool), found by scanning /proc/*/stat."""
-    found = []
+def children() -> dict[int, list[int]]:
+    """Every process's direct children (e.g. a compressor's codec pool), from one scan of /proc/*/stat."""
+    found: dict[int, list[int]] = {}
     for entry in PROC.iterdir():
         if not entry.name.isdigit():
             continue
@@ -40,10 +40,9 @@ def children(pid: int) -> list[int]:
         except OSError:
             continue
         # The command name in parentheses may contain spaces; the fields after the last ')' do not.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return sorted(found)
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        found.setdefault(parent, []).append(int(entry.name))
+    return found
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -70,3 +69,40 @@ def find_pids(command: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used so far (all cores), from /proc/stat: shows how
+    much of a measurement's CPU went to processes outside the benchmark."""
+    try:
+        first = (PROC / "stat").read_text().splitlines()[0].split()
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on TCP `port` (e.g. the RabbitMQ node we use, when several run), or None."""
+    inodes = set()
+    for table in ("net/tcp", "net/tcp6"):
+        try:
+            lines = (PROC / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{inode}]")
+    if not inodes:
+        return None
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                return int(entry.name)
+        except OSError:  # gone, or not ours to read
+            continue
+    return None

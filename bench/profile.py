@@ -22,7 +22,8 @@ import structlog
 log = structlog.get_logger()
 
 # (category, patterns in a frame's file). A sample's category is that of the frame nearest its leaf that
-# matches, so `bson` under `services/compressor/handler.py` counts as storage, not as the handler.
+# matches, so `bson` under `services/compressor/handler.py` counts as storage, not as the handler. The
+# event loop is the fallback: a socket write under pymongo is storage, one from a bare callback is not.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("codec", ("PIL/", "services/compressor/codec.py")),
     ("process pool IPC", ("concurrent/futures/", "multiprocessing/", "pickle")),
@@ -33,17 +34,26 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("HTTP server", ("uvicorn/", "starlette/", "fastapi/", "h11/", "httptools", "multipart/")),
     ("CSV", ("services/upload/csv_input.py", "csv.py")),
     ("database engine", ("secantus/",)),
-    ("event loop", ("asyncio/", "selectors.py")),
 )
+EVENT_LOOP = ("asyncio/", "selectors.py", "uvloop")
 # Logging wins wherever it appears in a stack: its JSON rendering is a cost of logging, not of JSON.
 LOGGING = ("structlog/", "logging/", "shared/logging.py")
+# Leaf frames that are waits, not work: py-spy without pausing its target cannot always tell an idle thread.
+IDLE_LEAVES = (
+    "select (selectors.py",
+    "_recv (multiprocessing/connection.py",
+    "_recv_bytes (multiprocessing/connection.py",
+    "wait (threading.py",
+    "_recv_exactly (secantus/wire.py",
+)
 FRAME_FILE = re.compile(r"\(([^():]+)(?::\d+)?\)$")
 
 
 @dataclass
 class Profile:
     name: str
-    samples: int = 0
+    samples: int = 0  # busy samples
+    idle: int = 0  # samples whose leaf is a wait (IDLE_LEAVES), left out of every share
     categories: Counter[str] = field(default_factory=Counter)
     leaves: Counter[str] = field(default_factory=Counter)  # self samples per function
 
@@ -68,24 +78,36 @@ def categorise(frames: list[str]) -> str:
         for category, patterns in CATEGORIES:
             if any(pattern in f for pattern in patterns):
                 return category
+    if any(pattern in f for f in files for pattern in EVENT_LOOP):
+        return "event loop"
     return "other"
 
 
-def parse_raw(name: str, text: str) -> Profile:
-    """py-spy's raw format: one `frame;frame;...;leaf count` line per distinct stack."""
-    profile = Profile(name)
+def parse_raw(name: str, text: str) -> list[Profile]:
+    """py-spy's raw format: one `frame;frame;...;leaf count` line per distinct stack.
+
+    With --subprocesses each stack starts with one `process <pid>:"<cmd>"` frame per generation; samples
+    of child processes (a compressor's codec pool) go to a second profile, `<name> workers`.
+    """
+    profiles = {name: Profile(name)}
     for line in text.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        parts = stack.split(";")
+        frames = [f for f in parts if not f.startswith(("process ", "thread "))]
         if not frames:
+            continue
+        owner = f"{name} workers" if sum(f.startswith("process ") for f in parts) > 1 else name
+        profile = profiles.setdefault(owner, Profile(owner))
+        if any(idle in frames[-1] for idle in IDLE_LEAVES):
+            profile.idle += count
             continue
         profile.samples += count
         profile.categories[categorise(frames)] += count
         profile.leaves[frames[-1]] += count
-    return profile
+    return list(profiles.values())
 
 
 def _read(path: Path) -> str | None:
@@ -127,6 +149,6 @@ async def profiling(py_spy: Path, targets: dict[str, int], out_dir: Path, tag: s
             _, stderr = await proc.communicate()
             text = await asyncio.to_thread(_read, output)
             if text is not None:
-                session.profiles.append(parse_raw(name, text))
+                session.profiles += parse_raw(name, text)
             else:
                 log.warning("py_spy_failed", target=name, stderr=stderr.decode()[-500:])

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.ceiling import Ceiling
-from bench.pipeline import BatchResult, LargeUpload, PageSize, StatusLoad
+from bench.pipeline import BatchResult, LargeUpload, PageSize, StatusLoad, StatusPage
 from bench.profile import Profile
+from bench.statusload import LoadResult
 
 MB = 1_000_000
 
@@ -36,23 +38,34 @@ class Results:
     corpus: dict[str, Any]
     ceiling: Ceiling
     main: BatchResult
-    main_page_bytes: int
+    main_page: StatusPage  # the default page of the completed main batch
     status: StatusLoad
+    status_capacity: LoadResult  # closed loop, nothing else running
     scaling: list[BatchResult]
     page: PageSize
     large: LargeUpload
-    restarts: int
+    restarts: int  # services the supervisor had to restart
+    broker_reconnects: int = 0  # the broker went away (a restart) while we measured
     profiles: dict[str, list[Profile]] = field(default_factory=dict)  # pass -> per-process profiles
+    profile_error: str | None = None
 
     @property
     def share_of_ceiling(self) -> float:
         return self.main.images_per_s / self.ceiling.images_per_s
 
+    @property
+    def cpu_bound_share(self) -> float:
+        """The share of the ceiling the pipeline would reach CPU-bound on an otherwise idle machine: codec
+        CPU per image over the system's CPU per image. Other load on the machine does not move it."""
+        return self.ceiling.cpu_ms_per_image / self.main.cpu_ms_per_image
+
     def checks(self) -> list[Check]:
         large, status = self.large, self.status
         rate = f"{status.load.rate:.0f} rps"
+        # A batch too short to sample both halves says nothing about growth: that is a MISS, not a PASS.
         growth = {
-            name: second / first if first else 0.0 for name, (first, second) in self.main.compressor_rss.items()
+            name: second / first if first and second else math.inf
+            for name, (first, second) in self.main.compressor_rss.items()
         }
         return [
             Check(
@@ -92,9 +105,9 @@ class Results:
 def _plain(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
         plain = {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-        for name in ("images_per_s", "messages_per_s", "p50", "p99"):  # derived figures, for readers
-            if hasattr(value, name):
-                plain[name] = getattr(value, name)
+        for name in dir(type(value)):  # derived figures (properties) too, for readers of the JSON
+            if isinstance(getattr(type(value), name), property):
+                plain[name] = _plain(getattr(value, name))
         return plain
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -108,5 +121,4 @@ def _plain(value: Any) -> Any:
 def write_json(results: Results, path: Path) -> None:
     document = _plain(results)
     document["checks"] = [asdict(c) for c in results.checks()]
-    document["share_of_ceiling"] = results.share_of_ceiling
     path.write_text(json.dumps(document, indent=2, default=str))

@@ -10,16 +10,17 @@ import contextlib
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import structlog
 
 from bench.broker import Broker
-from bench.procstat import Memory, children, cpu_seconds, memory
-from localrun.__main__ import ensure_rabbitmq
+from bench.procstat import Memory, children, cpu_seconds, find_pids, listening_pid, memory
+from localrun.broker import ensure_rabbitmq
 from localrun.supervisor import Supervisor, child_env, free_port, secantus_argv, secantus_url, wait_for_port
 from shared.bus import Topology
 from shared.settings import Settings, get_settings
@@ -29,6 +30,7 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 SERVICES = ("upload", "status", "notifier")
+RABBITMQ_PROCESS = "beam.smp"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,18 @@ class ProcessMemory:
         return sum(w.hwm for w in self.workers)
 
 
+def _broker_pid(amqp_url: str) -> int | None:
+    """The local RabbitMQ node behind `amqp_url`, to count its CPU time; None if it is not local or
+    cannot be told apart from other nodes."""
+    parts = urlsplit(amqp_url)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    if pid := listening_pid(parts.port or 5672):
+        return pid
+    nodes = find_pids(RABBITMQ_PROCESS)  # its sockets are not ours to read: fall back on the name
+    return nodes[0] if len(nodes) == 1 else None
+
+
 @dataclass
 class BenchStack:
     settings: Settings  # what the services run with, as this process sees it
@@ -51,6 +65,7 @@ class BenchStack:
     origin_url: str
     started_rabbitmq: bool
     own_database: bool  # SecantusDB started for this run (else a fresh database on IMAGEPIPE_MONGO_URL)
+    broker_pid: int | None = None  # the RabbitMQ node behind amqp_url, for its CPU time
     compressors: list[str] = field(default_factory=list)
 
     @property
@@ -101,6 +116,7 @@ class BenchStack:
             started_rabbitmq,
             own_database=not base.mongo_url,
         )
+        stack.broker_pid = await asyncio.to_thread(_broker_pid, settings.amqp_url)
         await asyncio.to_thread(wait_for_port, "127.0.0.1", origin_port, 30, "the image origin")
         await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 60, "the API")
         await stack.wait_for(stack._consumers_ready, 60, "status and notifier consuming")
@@ -142,25 +158,28 @@ class BenchStack:
         assert proc is not None
         return proc.pid
 
-    def memory(self) -> dict[str, ProcessMemory]:
-        """Each managed process's memory, with its children's (the codec pools) listed separately."""
+    def memory(self, names: Iterable[str] | None = None) -> dict[str, ProcessMemory]:
+        """Memory of the managed processes `names` (default all), with their children's (the codec pools)
+        listed separately."""
+        family = children()
         found = {}
-        for name in self.supervisor.processes:
+        for name in self.supervisor.processes if names is None else names:
             pid = self.pid(name)
             main = memory(pid)
             if main is not None:
-                workers = [m for child in children(pid) if (m := memory(child)) is not None]
+                workers = [m for child in family.get(pid, []) if (m := memory(child)) is not None]
                 found[name] = ProcessMemory(main, workers)
         return found
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds used so far by each managed process; a process's children (a compressor's codec
         workers) are counted apart, as "<name> workers", so the codec's share is visible."""
+        family = children()
         found = {}
         for name in self.supervisor.processes:
             pid = self.pid(name)
             found[name] = cpu_seconds(pid)
-            if workers := children(pid):
+            if workers := family.get(pid):
                 found[f"{name} workers"] = sum(cpu_seconds(c) for c in workers)
         return found
 

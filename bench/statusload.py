@@ -16,6 +16,10 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)  # seconds, of the answers that were 200
     errors: int = 0
     response_bytes: int = 0  # size of the last body
+    clients: int = 0  # closed loop: how many clients sent back to back (0: open loop)
+    # Open loop: how late each request started, by our own event loop. If these are large, the load
+    # generator (not the server) is the bottleneck, and the latencies overstate the server's.
+    lags: list[float] = field(default_factory=list)
 
     @property
     def sent(self) -> int:
@@ -27,6 +31,7 @@ async def fixed_rate(http: aiohttp.ClientSession, url: str, rate: float, seconds
     loop = asyncio.get_running_loop()
 
     async def one(due: float) -> None:
+        result.lags.append(loop.time() - due)
         try:
             async with http.get(url) as response:
                 body = await response.read()
@@ -46,4 +51,32 @@ async def fixed_rate(http: aiohttp.ClientSession, url: str, rate: float, seconds
         tasks.append(asyncio.create_task(one(due)))
     await asyncio.gather(*tasks)
     result.seconds = loop.time() - start
+    return result
+
+
+async def closed_loop(http: aiohttp.ClientSession, url: str, concurrency: int, seconds: float) -> LoadResult:
+    """`concurrency` clients each sending the next request as soon as the last is answered: the rate the
+    server sustains (its capacity) and its service time at that load."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    result = LoadResult(0.0, seconds, clients=concurrency)
+
+    async def client() -> None:
+        while loop.time() - start < seconds:
+            sent = loop.time()
+            try:
+                async with http.get(url) as response:
+                    body = await response.read()
+            except aiohttp.ClientError:
+                result.errors += 1
+                continue
+            if response.status == 200:
+                result.latencies.append(loop.time() - sent)
+                result.response_bytes = len(body)
+            else:
+                result.errors += 1
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    result.seconds = loop.time() - start
+    result.rate = result.sent / result.seconds
     return result

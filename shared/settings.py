@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     port: int = 8000
     public_base_url: str | None = None  # absolute base for links we hand out; default http://host:port
     api_keys: list[SecretStr] = Field(default_factory=list)  # empty: no auth (local mode)
+    status_cache_seconds: float = 1.0  # how long one rendering of GET /status serves every poll
 
     # --- upload limits --------------------------------------------------------------------------------
     max_csv_bytes: int = 20 * 1024 * 1024
@@ -39,7 +40,9 @@ class Settings(BaseSettings):
     quality: int = Field(default=50, ge=1, le=95)
     max_pixels: int = 50_000_000  # decompression-bomb guard, checked from the header
     codec_workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
-    codec_nice: int = Field(default=10, ge=0, le=19)  # codec processes yield the CPU to latency-sensitive work
+    codec_nice: int = Field(
+        default=10, ge=0, le=19
+    )  # codec processes yield the CPU to latency-sensitive work
     max_in_flight: int = 8  # prefetch per compressor process: bounds its memory
 
     # --- fetching untrusted URLs ----------------------------------------------------------------------

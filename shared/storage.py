@@ -149,6 +149,6 @@ def connect_store(settings: Settings) -> Store:
     if not settings.mongo_url:
         raise RuntimeError("IMAGEPIPE_MONGO_URL is not set (make run sets it when it starts SecantusDB)")
     client: AsyncMongoClient[Doc] = AsyncMongoClient(
-        settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=5_000, retryWrites=True
+        settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=5_000
     )
     return Store(client=client, db=client[settings.mongo_db])

@@ -73,6 +73,7 @@ def make_settings(mongo_url: str, data_dir: Path, **overrides: object) -> Settin
         "codec_workers": 2,
         "shutdown_grace": 5.0,
         "log_json": True,
+        "status_cache_seconds": 0.0,  # tests read their own writes; the cache has tests of its own
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -14,8 +14,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from fastapi import Depends, FastAPI, Request
@@ -31,9 +30,10 @@ from services.upload.csv_input import CsvLimits, CsvRejected
 from services.upload.errors import ApiError, BodySizeLimit, install_error_handlers, problem
 from services.upload.intake import discard, form_problems, store_request
 from services.upload.relay import OutboxRelay
+from services.upload.status_view import ShortLivedCache, View, render_status
 from shared.bus import EventBus
 from shared.events import NotificationRequested
-from shared.read_model import iter_rows, output_csv
+from shared.read_model import output_csv
 from shared.runtime import retry_until_done
 from shared.settings import Settings, get_settings
 from shared.storage import Store, connect_store
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     bus = EventBus(settings)
     relay = OutboxRelay(store, bus)
     limits = CsvLimits.from_settings(settings)
+    status_cache = ShortLivedCache(settings.status_cache_seconds)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -148,64 +149,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # --- reads ----------------------------------------------------------------------------------------
     @app.get("/status/{request_id}", dependencies=[Depends(require_api_key)])
-    async def status(
-        request_id: str, offset: int = 0, limit: int = 20, view: Literal["full", "summary"] = "full"
-    ) -> Response:
+    async def status(request_id: str, offset: int = 0, limit: int = 20, view: View = "full") -> Response:
         """The request's progress, and a page of its products (`view=summary`: progress only, for pollers)."""
         if offset < 0 or not 1 <= limit <= 1000:
             raise ApiError(
                 400, "invalid paging", [problem("offset >= 0 and 1 <= limit <= 1000", field="limit")]
             )
-        doc = await _request_or_404(
-            store, request_id, projection=None if view == "full" else {"notifications": 0}
-        )
-        done = doc["no_img_compressed"] + doc["no_img_failed"]
-        products = (
-            []
-            if view == "summary"
-            else [
-                {
-                    "serial_number": row["serial"],
-                    "product_name": row["name"],
-                    "input_urls": row["urls"],
-                    "output_urls": [
-                        f"{settings.base_url}/image/{o['file_id']}"
-                        if o and o["status"] == "COMPRESSED"
-                        else None
-                        for o in outcomes
-                    ],
-                    "failed": [
-                        {"url": o["url"], "reason": o["reason"]}
-                        for o in outcomes
-                        if o and o["status"] == "FAILED"
-                    ],
-                }
-                async for row, outcomes in iter_rows(store, request_id, offset, limit)
-            ]
-        )
-        body: dict[str, Any] = {
-            "request_id": request_id,
-            "status": doc["status"],
-            "progress": round(100 * done / doc["total_images"], 1) if doc["total_images"] else 100.0,
-            "total_images": doc["total_images"],
-            "no_img_compressed": doc["no_img_compressed"],
-            "no_img_failed": doc["no_img_failed"],
-            "total_products": doc["total_products"],
-            "bytes_in": doc.get("bytes_in", 0),
-            "bytes_out": doc.get("bytes_out", 0),
-            "created_at": doc["created_at"].isoformat(),
-            "completed_at": doc["completed_at"].isoformat() if doc.get("completed_at") else None,
-            "failures": doc.get("failures", []),
-            "output_csv_url": f"{settings.base_url}/output/{request_id}"
-            if doc["status"] == "COMPLETED"
-            else None,
-        }
-        if view == "full":
-            body["product_details"] = products
-            body["page"] = {"offset": offset, "limit": limit, "total_products": doc["total_products"]}
-            body["notifications"] = doc.get("notifications", [])
-        # Serialised directly: FastAPI's generic encoder costs more than the rest of the request.
-        return Response(json.dumps(body, default=_json_default), media_type="application/json")
+
+        async def render() -> bytes:
+            projection = None if view == "full" else {"notifications": 0}
+            request = await _request_or_404(store, request_id, projection=projection)
+            return await render_status(store, request, settings.base_url, offset, limit, view)
+
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        body = await status_cache.get((request_id, offset, limit, view), render)
+        return Response(body, media_type="application/json")
 
     @app.get("/image/{file_id}")
     async def image(file_id: str) -> Response:
@@ -281,12 +239,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 async def _after(first: asyncio.Task[bool], then: Callable[[], Awaitable[None]]) -> None:
     if await first:
         await then()

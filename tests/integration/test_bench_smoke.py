@@ -1,0 +1,112 @@
+"""`make bench` in miniature: the benchmark runs end to end and reports every figure (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import AMQP_URL
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("upload", "status", "notifier", "compressor-1", "compressor-2")
+
+
+def positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    work, out = tmp_path / "work", tmp_path / "report"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEPIPE_")}
+    env["IMAGEPIPE_AMQP_URL"] = AMQP_URL
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--work", str(work), "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    assert (out / "throughput.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    report = (out / "benchmarks.md").read_text()
+    for heading in (
+        "## Machine",
+        "## Targets",
+        "## Throughput",
+        "## Memory",
+        "## Status reads",
+        "## Large upload",
+    ):
+        assert heading in report
+    results = json.loads((work / "results.json").read_text())
+
+    # 1. the ceiling, and the main batch against it
+    ceiling = results["ceiling"]
+    assert positive(ceiling["images_per_s"]) and positive(ceiling["cpu_images_per_s"])
+    assert positive(results["share_of_ceiling"]) and positive(results["cpu_bound_share"])
+    main = results["main"]
+    assert main["images"] == 40 and main["compressed"] == 40 and main["failed"] == 0
+    for figure in ("images_per_s", "latency_p50", "latency_p99", "upload_seconds", "bytes_in", "bytes_out"):
+        assert positive(main[figure]), figure
+    assert main["bytes_out"] < main["bytes_in"]
+    # peak RSS of every service, and of each compressor's codec pool
+    for name in (*SERVICES, "secantusdb"):
+        assert positive(main["memory"][name]["main"]["hwm"]), name
+    assert all(positive(main["memory"][f"compressor-{n}"]["workers_hwm"]) for n in (1, 2))
+    assert set(main["compressor_rss"]) == {"compressor-1", "compressor-2"}
+    assert positive(sum(main["cpu"].values()))
+    # 2. scaling: one compressor
+    assert [b["compressors"] for b in results["scaling"]] == [1]
+    assert positive(results["scaling"][0]["images_per_s"])
+    # 3. status reads under load, and page sizes
+    load = results["status"]["load"]
+    assert load["errors"] == 0 and len(load["latencies"]) == 400  # 200 rps for 2 s
+    assert positive(results["status"]["p99"])
+    capacity = results["status_capacity"]
+    assert capacity["errors"] == 0 and positive(capacity["rate"]) and capacity["clients"] > 0
+    assert positive(results["page"]["pending"]["bytes"]) and positive(results["main_page"]["bytes"])
+    assert results["main_page"]["products"] == 10  # all of the main batch's 40 images, 4 per product
+    # 4. the large upload: accepted, measured, queued
+    large = results["large"]
+    assert large["rows"] == 2000
+    for figure in ("seconds_to_202", "hwm_accepted", "hwm_published", "messages_per_s", "db_publish_seconds"):
+        assert positive(large[figure]), figure
+    # 5. every target judged, and printed
+    assert len(results["checks"]) == 6
+    for check in results["checks"]:
+        assert (
+            check["measured"] and f"{'PASS' if check['passed'] else 'MISS'}  {check['target']}" in done.stdout
+        )
+
+
+def test_profile_samples_are_sorted_into_categories() -> None:
+    """py-spy's raw output (root first, count last) becomes shares of busy samples; waits are left out."""
+    from bench.profile import parse_raw
+
+    raw = "\n".join(
+        [
+            'process 1:"python -m services.compressor";<module> (services/compressor/__main__.py:30);'
+            "handle (services/compressor/handler.py:90);put_file (shared/storage.py:120);"
+            "insert_many (pymongo/asynchronous/collection.py:900) 3",
+            'process 1:"python -m services.compressor";process 2:"python -c spawn_main()";'
+            "_worker (concurrent/futures/process.py:250);compress (services/compressor/codec.py:120);"
+            "load (PIL/ImageFile.py:412) 6",
+            "<module> (services/compressor/__main__.py:30);info (structlog/_native.py:10);"
+            "dumps (json/__init__.py:231) 1",
+            "<module> (services/compressor/__main__.py:30);run_forever (asyncio/base_events.py:607);"
+            "select (selectors.py:468) 50",
+            "not a stack line",
+        ]
+    )
+    main, workers = parse_raw("compressor", raw)
+    assert (main.name, main.samples, main.idle) == ("compressor", 4, 50)
+    assert main.share("storage (driver)") == 0.75
+    assert main.share("logging") == 0.25  # JSON rendered by the logger is a cost of logging
+    assert (workers.name, workers.samples, workers.share("codec")) == ("compressor workers", 6, 1.0)
+    assert workers.top_leaves(1) == [("load (PIL/ImageFile.py:412)", 1.0)]

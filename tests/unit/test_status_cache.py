@@ -1,0 +1,63 @@
+"""The short-lived cache behind GET /status."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.upload.status_view import ShortLivedCache
+
+
+class Renderer:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> bytes:
+        self.calls += 1
+        await asyncio.sleep(0.01)
+        return f"rendering {self.calls}".encode()
+
+
+async def test_a_rendering_serves_every_poll_until_it_expires() -> None:
+    cache, render = ShortLivedCache(ttl=0.1), Renderer()
+    assert await cache.get("k", render) == b"rendering 1"
+    assert await cache.get("k", render) == b"rendering 1"
+    await asyncio.sleep(0.12)
+    assert await cache.get("k", render) == b"rendering 2"
+
+
+async def test_concurrent_misses_share_one_rendering() -> None:
+    cache, render = ShortLivedCache(ttl=1.0), Renderer()
+    results = await asyncio.gather(*(cache.get("k", render) for _ in range(50)))
+    assert render.calls == 1 and set(results) == {b"rendering 1"}
+
+
+async def test_keys_are_separate_and_the_cache_is_bounded() -> None:
+    cache, render = ShortLivedCache(ttl=1.0, max_entries=2), Renderer()
+    for key in ("a", "b", "c"):
+        await cache.get(key, render)
+    assert render.calls == 3
+    await cache.get("a", render)  # evicted as the oldest
+    assert render.calls == 4
+
+
+async def test_failures_are_not_cached() -> None:
+    cache, calls = ShortLivedCache(ttl=1.0), 0
+
+    async def missing() -> bytes:
+        nonlocal calls
+        calls += 1
+        raise LookupError("unknown request")
+
+    for _ in range(2):
+        with pytest.raises(LookupError):
+            await cache.get("k", missing)
+    assert calls == 2
+
+
+async def test_a_zero_ttl_disables_it() -> None:
+    cache, render = ShortLivedCache(ttl=0), Renderer()
+    await cache.get("k", render)
+    await cache.get("k", render)
+    assert render.calls == 2
