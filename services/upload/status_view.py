@@ -1,8 +1,8 @@
 """GET /status: the request's progress and a page of its products, rendered once and briefly shared.
 
 Clients poll status, often many at once; a rendering is served to every poll for `status_cache_seconds`
-(1 s by default), and concurrent polls that miss share one rendering rather than each reading the
-database. Progress is at most that much behind.
+(1 s by default) and then refreshed in the background, so polls never queue behind the database and
+concurrent misses share one rendering. Progress shown is about a second behind at most.
 """
 
 from __future__ import annotations
@@ -72,30 +72,48 @@ def _json_default(value: object) -> str:
 
 
 class ShortLivedCache:
-    """Keeps each rendering for `ttl` seconds; concurrent misses on one key share one rendering."""
+    """Keeps each rendering for `ttl` seconds, then refreshes it in the background.
+
+    A poll never waits for the database while a rendering at most STALE_FACTOR x `ttl` old exists: it
+    gets that rendering, and the first poll after it expires starts the refresh. Concurrent misses on one
+    key share one rendering.
+    """
+
+    STALE_FACTOR = 5
 
     def __init__(self, ttl: float, max_entries: int = 512) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
-        self._entries: OrderedDict[Hashable, tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[float, bytes]] = (
+            OrderedDict()
+        )  # key -> (rendered at, bytes)
         self._rendering: dict[Hashable, asyncio.Future[bytes]] = {}
 
     async def get(self, key: Hashable, render: Callable[[], Awaitable[bytes]]) -> bytes:
         if self.ttl <= 0:
             return await render()
+        now = time.monotonic()
         entry = self._entries.get(key)
-        if entry is not None and entry[0] > time.monotonic():
+        if entry is not None and now - entry[0] < self.ttl:
             return entry[1]
-        if key in self._rendering:  # someone is rendering it right now: wait for theirs
-            return await asyncio.shield(self._rendering[key])
+        rendering = self._rendering.get(key) or self._start(key, render)
+        if entry is not None and now - entry[0] < self.ttl * self.STALE_FACTOR:
+            return entry[1]  # slightly stale; the refresh is under way
+        return await asyncio.shield(rendering)
+
+    def _start(self, key: Hashable, render: Callable[[], Awaitable[bytes]]) -> asyncio.Future[bytes]:
         rendering = asyncio.ensure_future(render())
         self._rendering[key] = rendering
-        try:
-            value = await asyncio.shield(rendering)
-        finally:
+
+        def finished(done: asyncio.Future[bytes]) -> None:
             del self._rendering[key]
-        self._entries[key] = (time.monotonic() + self.ttl, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        return value
+            if done.cancelled() or done.exception() is not None:
+                self._entries.pop(key, None)  # never serve what could not be refreshed for long
+                return
+            self._entries[key] = (time.monotonic(), done.result())
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+        rendering.add_done_callback(finished)
+        return rendering

@@ -23,8 +23,7 @@ async def test_a_rendering_serves_every_poll_until_it_expires() -> None:
     cache, render = ShortLivedCache(ttl=0.1), Renderer()
     assert await cache.get("k", render) == b"rendering 1"
     assert await cache.get("k", render) == b"rendering 1"
-    await asyncio.sleep(0.12)
-    assert await cache.get("k", render) == b"rendering 2"
+    assert render.calls == 1
 
 
 async def test_concurrent_misses_share_one_rendering() -> None:
@@ -61,3 +60,20 @@ async def test_a_zero_ttl_disables_it() -> None:
     await cache.get("k", render)
     await cache.get("k", render)
     assert render.calls == 2
+
+
+async def test_an_expired_rendering_is_served_while_it_refreshes() -> None:
+    cache, render = ShortLivedCache(ttl=0.05), Renderer()
+    await cache.get("k", render)
+    await asyncio.sleep(0.06)
+    assert await cache.get("k", render) == b"rendering 1"  # stale, answered at once
+    await asyncio.sleep(0.03)  # the background refresh lands
+    assert await cache.get("k", render) == b"rendering 2"
+    assert render.calls == 2
+
+
+async def test_a_rendering_too_old_to_serve_is_waited_for() -> None:
+    cache, render = ShortLivedCache(ttl=0.01), Renderer()
+    await cache.get("k", render)
+    await asyncio.sleep(0.01 * ShortLivedCache.STALE_FACTOR + 0.01)
+    assert await cache.get("k", render) == b"rendering 2"
