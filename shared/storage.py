@@ -24,7 +24,7 @@ from gridfs.asynchronous.grid_file import AsyncGridOut
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from shared.settings import Settings
 
@@ -32,6 +32,7 @@ log = structlog.get_logger()
 
 ROWS_PER_CHUNK = 500
 GRIDFS_CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
+DUPLICATE_KEY = 11000
 INDEX_WIDTH = 7  # zero-padded image index in ids, so the lexical _id order is the CSV order
 
 Doc = dict[str, Any]
@@ -109,21 +110,26 @@ class Store:
         decide whether to create indexes; on a database that answers that by scanning, each upload costs
         more as the store grows. We create the indexes at start-up and write the documents directly,
         which keeps the cost of one upload flat. Chunks are written first and the files document last,
-        as GridFS does: a file is visible only once complete, and leftovers of an interrupted attempt
-        under the same id are removed first.
+        as GridFS does: a file is visible only once complete. Leftovers of an interrupted attempt under
+        the same id always include chunk 0 (chunks go in order), so they show up as a duplicate key on
+        the first insert and are removed then: the common case costs two writes, not three.
         """
-        await self.chunks.delete_many({"files_id": file_id})
-        await self.chunks.insert_many(
-            [
-                {
-                    "_id": ObjectId(),
-                    "files_id": file_id,
-                    "n": n,
-                    "data": Binary(data[offset : offset + GRIDFS_CHUNK_BYTES]),
-                }
-                for n, offset in enumerate(range(0, max(len(data), 1), GRIDFS_CHUNK_BYTES))
-            ]
-        )
+        chunks = [
+            {
+                "_id": ObjectId(),
+                "files_id": file_id,
+                "n": n,
+                "data": Binary(data[offset : offset + GRIDFS_CHUNK_BYTES]),
+            }
+            for n, offset in enumerate(range(0, max(len(data), 1), GRIDFS_CHUNK_BYTES))
+        ]
+        try:
+            await self.chunks.insert_many(chunks)
+        except BulkWriteError as exc:
+            if any(error.get("code") != DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
+                raise
+            await self.chunks.delete_many({"files_id": file_id})
+            await self.chunks.insert_many(chunks)
         await self.files.replace_one(
             {"_id": file_id},
             {
