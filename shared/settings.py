@@ -40,9 +40,8 @@ class Settings(BaseSettings):
     quality: int = Field(default=50, ge=1, le=95)
     max_pixels: int = 50_000_000  # decompression-bomb guard, checked from the header
     codec_workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
-    codec_nice: int = Field(
-        default=10, ge=0, le=19
-    )  # codec processes yield the CPU to latency-sensitive work
+    # The compressor (and its codec processes) yields the CPU to latency-sensitive work on the host.
+    compressor_nice: int = Field(default=10, ge=0, le=19)
     max_in_flight: int = 8  # prefetch per compressor process: bounds its memory
 
     # --- fetching untrusted URLs ----------------------------------------------------------------------

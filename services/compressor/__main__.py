@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from services.compressor.fetch import FetchPolicy, SafeFetcher
 from services.compressor.handler import CodecPool, Compressor
@@ -11,7 +12,11 @@ from shared.runtime import Runtime, run_service
 
 async def start(rt: Runtime) -> None:
     s = rt.settings
-    codec = CodecPool(s.codec_workers, s.codec_nice)
+    # Compression is throughput work that saturates every core. At a lower priority (inherited by the
+    # codec processes) it leaves the latency-sensitive processes on the same host (the API, the broker,
+    # the database) the CPU the moment they need it, and still gets every idle cycle.
+    os.nice(s.compressor_nice)
+    codec = CodecPool(s.codec_workers)
     await codec.warm_up()
     fetcher = SafeFetcher(FetchPolicy.from_settings(s))
     compressor = Compressor(rt.store, rt.bus, fetcher, codec, s.quality, s.max_pixels)

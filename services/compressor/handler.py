@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -40,21 +39,12 @@ class CodecPool:
     message be retried, so one hostile file cannot take the service down.
     """
 
-    def __init__(self, workers: int, nice: int = 0) -> None:
+    def __init__(self, workers: int) -> None:
         self._workers = workers
-        self._nice = nice
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        # Niced: codec work is throughput work, and it saturates every core. Lowering its priority lets
-        # the latency-sensitive processes on the same host (API, broker, database) run the moment they
-        # are ready, at almost no cost in throughput, since the codec still gets every idle cycle.
-        return ProcessPoolExecutor(
-            self._workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=os.nice,
-            initargs=(self._nice,),
-        )
+        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
 
     async def warm_up(self) -> None:
         loop = asyncio.get_running_loop()
