@@ -20,7 +20,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aiormq.exceptions import AMQPConnectionError, ChannelInvalidStateError, ChannelNotFoundEntity
 
-from shared.bus import SUBSCRIPTIONS, Topology
+from shared.bus import Topology
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -117,13 +117,9 @@ class Broker:
 
     async def delete_topology(self) -> None:
         """Remove every queue and the exchange of this run's prefix, so no benchmark leaves state behind."""
-        t = self.topology
-        for service in SUBSCRIPTIONS:
-            names = [t.queue(service), t.dead_letter_queue(service)]
-            names += [t.retry_queue(service, delay) for delay in t.retry_delays_ms]
-            for name in names:
-                await self._delete_queue(name)
-        await self._call(lambda channel: channel.exchange_delete(t.exchange))
+        for name in self.topology.all_queues():
+            await self._delete_queue(name)
+        await self._call(lambda channel: channel.exchange_delete(self.topology.exchange))
 
     async def _delete_queue(self, name: str) -> None:
         await self._call(lambda channel: channel.queue_delete(name))

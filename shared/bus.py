@@ -77,6 +77,18 @@ class Topology:
     def retry_queue(self, service: str, delay_ms: int) -> str:
         return f"{self.queue(service)}.retry.{delay_ms}ms"
 
+    def all_queues(self) -> list[str]:
+        """Every queue of this prefix: for tools that tear a deployment's topology down."""
+        return [
+            name
+            for service in SUBSCRIPTIONS
+            for name in (
+                self.queue(service),
+                self.dead_letter_queue(service),
+                *(self.retry_queue(service, delay) for delay in self.retry_delays_ms),
+            )
+        ]
+
 
 Handler = Callable[[Event], Awaitable[None]]
 ParkedHook = Callable[[Event, str], Awaitable[None]]

@@ -20,7 +20,7 @@ import pytest
 
 from localrun.broker import ensure_rabbitmq
 from localrun.supervisor import Supervisor, free_port, secantus_argv, secantus_url, wait_for_port
-from shared.bus import SUBSCRIPTIONS, EventBus
+from shared.bus import EventBus
 from shared.settings import Settings
 from shared.storage import Store, connect_store
 
@@ -104,13 +104,9 @@ async def delete_topology(settings: Settings) -> None:
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         channel = await connection.channel()
-        t = bus.topology
-        for service in SUBSCRIPTIONS:
-            names = [t.queue(service), t.dead_letter_queue(service)]
-            names += [t.retry_queue(service, d) for d in t.retry_delays_ms]
-            for name in names:
-                await channel.queue_delete(name)
-        await channel.exchange_delete(t.exchange)
+        for name in bus.topology.all_queues():
+            await channel.queue_delete(name)
+        await channel.exchange_delete(bus.topology.exchange)
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from services.compressor.fetch import (
 )
 from shared.netguard import BlockedAddressError, guarded_session
 from shared.settings import Settings
+from tests.fake_dns import StaticResolver
 
 
 def _encode(fmt: str, **params: object) -> bytes:
@@ -86,35 +87,6 @@ async def origin() -> AsyncIterator[Origin]:
     yield org
     org.release.set()
     await runner.cleanup()
-
-
-class StaticResolver(AbstractResolver):
-    """Test DNS: fixed answers per name, NXDOMAIN otherwise; counts lookups."""
-
-    def __init__(self, names: dict[str, list[str]]) -> None:
-        self.names = names
-        self.lookups: Counter[str] = Counter()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        self.lookups[host] += 1
-        if host not in self.names:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return [
-            ResolveResult(
-                hostname=host,
-                host=a,
-                port=port,
-                family=socket.AF_INET6 if ":" in a else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for a in self.names[host]
-        ]
-
-    async def close(self) -> None:
-        pass
 
 
 def policy(**overrides: object) -> FetchPolicy:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
 
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from shared.netguard import (
     BlockedAddressError,
@@ -15,6 +13,7 @@ from shared.netguard import (
     is_address_allowed,
     refusal_reason,
 )
+from tests.fake_dns import StaticResolver
 
 # (address, allowed when allow_private=False, allowed when allow_private=True, reason when refused strictly)
 CASES: list[tuple[str, bool, bool, str | None]] = [
@@ -121,32 +120,8 @@ def test_check_host_literal(host: str, allow_private: bool, refused: bool) -> No
         check_host_literal(host, allow_private)
 
 
-class _FixedResolver(AbstractResolver):
-    def __init__(self, addrs: list[str]) -> None:
-        self.addrs = addrs
-        self.closed = False
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        return [
-            ResolveResult(
-                hostname=host,
-                host=a,
-                port=port,
-                family=socket.AF_INET6 if ":" in a else socket.AF_INET,
-                proto=0,
-                flags=0,
-            )
-            for a in self.addrs
-        ]
-
-    async def close(self) -> None:
-        self.closed = True
-
-
 async def test_resolver_passes_allowed_answers_through() -> None:
-    inner = _FixedResolver(["93.184.216.34", "2606:4700:4700::1111"])
+    inner = StaticResolver(default=["93.184.216.34", "2606:4700:4700::1111"])
     resolver = GuardedResolver(allow_private=False, inner=inner)
     results = await resolver.resolve("example.test", 443)
     assert [r["host"] for r in results] == ["93.184.216.34", "2606:4700:4700::1111"]
@@ -170,7 +145,7 @@ async def test_resolver_passes_allowed_answers_through() -> None:
 async def test_resolver_refuses_any_bad_address(
     addrs: list[str], allow_private: bool, bad_ip: str, reason: str
 ) -> None:
-    resolver = GuardedResolver(allow_private=allow_private, inner=_FixedResolver(addrs))
+    resolver = GuardedResolver(allow_private=allow_private, inner=StaticResolver(default=addrs))
     with pytest.raises(BlockedAddressError) as info:
         await resolver.resolve("evil.test", 80)
     assert info.value.host == "evil.test"
