@@ -239,9 +239,11 @@ class EventBus:
             )
         else:
             log.error("handler_failed_parked", attempts=attempt + 1, reason=reason)
+            # Parked first: if reporting fails, the redelivery may still succeed, and no success is
+            # then shadowed by a failure already reported.
+            await self._park(service, message, reason)
             if on_parked is not None:
                 await on_parked(event, f"gave up after {attempt + 1} attempts: {reason}")
-            await self._park(service, message, reason)
         await message.ack()
 
     async def _park(self, service: str, message: AbstractIncomingMessage, reason: str) -> None:

@@ -204,8 +204,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/webhook-completed", status_code=202)
     async def webhook_completed(request: Request) -> dict[str, Any]:
         raw = await request.body()
-        await _authorise_renotify(settings, request, raw, require_api_key)
-        request_id = await _request_id_from(request, raw)
+        signed = await _authorise_renotify(settings, request, raw, require_api_key)
+        request_id = await _request_id_from(request, raw, signed_body_only=signed)
         doc = await _request_or_404(store, request_id, projection={"status": 1})
         if doc["status"] != "COMPLETED":
             raise ApiError(409, "the request is not complete yet; its notification goes out when it is")
@@ -260,9 +260,11 @@ async def _request_or_404(store: Store, request_id: str, projection: dict[str, i
     return doc
 
 
-async def _request_id_from(request: Request, raw: bytes) -> str:
-    request_id = request.query_params.get("request_id")
-    content_type = request.headers.get("content-type", "")
+async def _request_id_from(request: Request, raw: bytes, *, signed_body_only: bool) -> str:
+    """From the query, a JSON body or a form; only from the JSON body when a signature vouches for it
+    (it covers the body alone, and an outgoing webhook replayed here has no top-level request_id)."""
+    request_id = None if signed_body_only else request.query_params.get("request_id")
+    content_type = "application/json" if signed_body_only else request.headers.get("content-type", "")
     if not request_id and content_type.startswith("application/json") and raw:
         try:
             body = json.loads(raw)
@@ -282,16 +284,19 @@ async def _request_id_from(request: Request, raw: bytes) -> str:
 
 async def _authorise_renotify(
     settings: Settings, request: Request, raw: bytes, require_api_key: Callable[[Request], Awaitable[None]]
-) -> None:
-    """With auth on, either an API key or a valid Standard Webhooks signature will do."""
+) -> bool:
+    """With auth on, either an API key or a valid Standard Webhooks signature will do.
+
+    True when the signature is what authorised the call."""
     if not settings.api_keys:
-        return
+        return False
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     if secret and "webhook-signature" in request.headers:
         if verify_webhook_signature(secret, dict(request.headers), raw):
-            return
+            return True
         raise ApiError(401, "invalid webhook signature")
     await require_api_key(request)
+    return False
 
 
 class AccessLog:

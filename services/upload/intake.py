@@ -114,6 +114,9 @@ async def store_request(
 
 
 async def discard(store: Store, request_id: str) -> None:
-    """Best effort: rows of a request that never got its document are invisible, only wasted space."""
+    """Undo a failed upload, best effort. The request document goes first: a write reported as failed may
+    have landed, and the outbox must not publish what the client was told was not accepted. Rows left
+    behind without a request are invisible, only wasted space (the relay also drops such a request)."""
     with suppress(PyMongoError), pymongo.timeout(2.0):
+        await store.requests.delete_one({"_id": request_id})
         await store.rows.delete_many({"request_id": request_id})

@@ -102,7 +102,14 @@ class OutboxRelay:
         request_id = request["_id"]
         for chunk_no in range(request["published_chunks"], request["row_chunks"]):
             chunk = await self.store.rows.find_one({"_id": row_chunk_key(request_id, chunk_no)})
-            assert chunk is not None, f"row chunk {chunk_no} of {request_id} is missing"
+            if chunk is None:
+                # Only a request whose upload failed after its document was written (the client was told
+                # 503, nothing accepted) lacks rows: it is not ours to publish, and must not block others.
+                log.error("outbox_request_without_rows_dropped", chunk=chunk_no)
+                await self.store.requests.update_one(
+                    {"_id": request_id}, {"$unset": {"outbox_pending": "", "lease_until": ""}}
+                )
+                return
             events: list[Event] = []
             index = chunk["first_image"]
             for row in chunk["rows"]:

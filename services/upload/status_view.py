@@ -81,9 +81,11 @@ class ShortLivedCache:
 
     STALE_FACTOR = 5
 
-    def __init__(self, ttl: float, max_entries: int = 512) -> None:
+    def __init__(self, ttl: float, max_entries: int = 512, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
+        self.max_bytes = max_bytes  # a full page can be megabytes: bound the memory, not just the count
+        self._bytes = 0
         self._entries: OrderedDict[Hashable, tuple[float, bytes]] = (
             OrderedDict()
         )  # key -> (rendered at, bytes)
@@ -107,13 +109,15 @@ class ShortLivedCache:
 
         def finished(done: asyncio.Future[bytes]) -> None:
             del self._rendering[key]
+            old = self._entries.pop(key, None)  # never serve what could not be refreshed for long
+            self._bytes -= len(old[1]) if old else 0
             if done.cancelled() or done.exception() is not None:
-                self._entries.pop(key, None)  # never serve what could not be refreshed for long
                 return
             self._entries[key] = (time.monotonic(), done.result())
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._bytes += len(done.result())
+            while self._entries and (len(self._entries) > self.max_entries or self._bytes > self.max_bytes):
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._bytes -= len(evicted)
 
         rendering.add_done_callback(finished)
         return rendering

@@ -142,7 +142,9 @@ async def test_unknown_ids_get_404(stack: Stack) -> None:
 
 async def test_every_service_logs_the_request_id(stack: Stack) -> None:
     stack.origin.images["log.jpg"] = photo(200, 200, seed=11)
-    request_id = (await stack.upload(product_csv([("1", "Logged", [stack.origin.url("log.jpg")])])))["request_id"]
+    request_id = (await stack.upload(product_csv([("1", "Logged", [stack.origin.url("log.jpg")])])))[
+        "request_id"
+    ]
     await stack.wait_completed(request_id)
     await eventually(lambda: stack.smtp.for_request(request_id))
 

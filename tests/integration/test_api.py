@@ -214,3 +214,20 @@ async def test_bad_parameters_get_the_same_error_shape(api: httpx.AsyncClient) -
     assert response.json()["problems"][0]["field"] == "offset"
     missing = await api.get("/no-such-path")
     assert missing.status_code == 404 and "error" in missing.json()
+
+
+async def test_a_replayed_outgoing_webhook_cannot_trigger_a_re_notify(
+    settings: Settings, store: Store
+) -> None:
+    """The signature covers the body only: a signed webhook payload (no top-level request_id) replayed
+    with a request_id in the query must not be taken as authorisation for that request."""
+    secret = TestApiKeys.SECRET
+    s = settings.model_copy(update={"api_keys": [SecretStr("k" * 32)], "webhook_secret": SecretStr(secret)})
+    async for api in client_for(s):
+        body = b'{"type": "request.completed", "data": {"request_id": "' + b"z" * 22 + b'"}}'
+        headers = {
+            "content-type": "application/json",
+            **signed_headers(secret, "msg_2", int(__import__("time").time()), body),
+        }
+        replay = await api.post(f"/webhook-completed?request_id={'z' * 22}", content=body, headers=headers)
+        assert replay.status_code == 400

@@ -77,3 +77,11 @@ async def test_a_rendering_too_old_to_serve_is_waited_for() -> None:
     await cache.get("k", render)
     await asyncio.sleep(0.01 * ShortLivedCache.STALE_FACTOR + 0.01)
     assert await cache.get("k", render) == b"rendering 2"
+
+
+async def test_the_cache_is_bounded_in_bytes() -> None:
+    cache, render = ShortLivedCache(ttl=1.0, max_bytes=25), Renderer()  # each rendering is 11 bytes
+    for key in ("a", "b", "c"):
+        await cache.get(key, render)
+    await cache.get("a", render)  # "a" was evicted to keep the total under 25 bytes
+    assert render.calls == 4

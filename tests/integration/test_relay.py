@@ -1,0 +1,60 @@
+"""The upload's outbox relay against the real database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from services.upload.relay import OutboxRelay
+from shared.events import Event, ImageRequested
+from shared.storage import Store, row_chunk_key
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish_many(self, events: list[Event]) -> None:
+        self.events.extend(events)
+
+
+async def pending_request(store: Store, request_id: str, urls: list[str] | None) -> None:
+    if urls is not None:
+        await store.rows.insert_one(
+            {
+                "_id": row_chunk_key(request_id, 0),
+                "request_id": request_id,
+                "chunk": 0,
+                "first_image": 0,
+                "rows": [{"serial": "1", "name": "A", "urls": urls, "cells": ["1", "A", ", ".join(urls)]}],
+            }
+        )
+    await store.requests.insert_one(
+        {
+            "_id": request_id,
+            "total_images": len(urls or ["x"]),
+            "row_chunks": 1,
+            "published_chunks": 0,
+            "outbox_pending": True,
+            "lease_until": datetime.fromtimestamp(0, UTC),
+        }
+    )
+
+
+async def test_a_request_without_rows_is_dropped_and_does_not_block_the_others(store: Store) -> None:
+    await pending_request(store, "req-broken", None)  # its upload failed after the document was written
+    await pending_request(
+        store, "req-good", ["https://img.example.com/a.jpg", "https://img.example.com/b.jpg"]
+    )
+    publisher = RecordingPublisher()
+    relay = OutboxRelay(store, publisher)
+
+    while await relay.publish_next():
+        pass
+
+    assert [(e.request_id, e.index) for e in publisher.events if isinstance(e, ImageRequested)] == [
+        ("req-good", 0),
+        ("req-good", 1),
+    ]
+    for request_id in ("req-broken", "req-good"):
+        doc = await store.requests.find_one({"_id": request_id})
+        assert doc is not None and "outbox_pending" not in doc
