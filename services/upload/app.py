@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         presented = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
             "Bearer "
         )
-        if not any(
+        if not presented or not any(
             hmac.compare_digest(presented.encode(), k.get_secret_value().encode()) for k in settings.api_keys
         ):
             raise ApiError(401, "missing or invalid API key (send it as X-API-Key)")

@@ -231,3 +231,9 @@ async def test_a_replayed_outgoing_webhook_cannot_trigger_a_re_notify(
         }
         replay = await api.post(f"/webhook-completed?request_id={'z' * 22}", content=body, headers=headers)
         assert replay.status_code == 400
+
+
+async def test_an_empty_configured_key_never_authenticates(settings: Settings, store: Store) -> None:
+    s = settings.model_copy(update={"api_keys": [SecretStr("")]})
+    async for api in client_for(s):
+        assert (await api.get("/status/" + "x" * 22)).status_code == 401
