@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     notify_attempts: int = 5
     notify_backoff: float = 1.0
     notify_timeout: float = 10.0
+    renotify_interval_seconds: float = (
+        60.0  # POST /webhook-completed: at most one re-send per request per interval
+    )
 
     # --- operations -----------------------------------------------------------------------------------
     health_port: int = 0  # workers' /healthz, /readyz and /metrics; 0 picks a free port

@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -209,6 +210,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         doc = await _request_or_404(store, request_id, projection={"status": 1})
         if doc["status"] != "COMPLETED":
             raise ApiError(409, "the request is not complete yet; its notification goes out when it is")
+        # At most one re-send per interval and request: each one is an email, and a record on the request.
+        now = datetime.now(UTC)
+        claimed = await store.requests.update_one(
+            {"_id": request_id, "renotify_after": {"$not": {"$gt": now}}},
+            {"$set": {"renotify_after": now + timedelta(seconds=settings.renotify_interval_seconds)}},
+        )
+        if claimed.modified_count != 1:
+            raise ApiError(
+                429,
+                "a re-send for this request was just queued; try again later",
+                retry_after=int(settings.renotify_interval_seconds),
+            )
         try:
             await bus.publish(NotificationRequested(request_id=request_id))
         except Exception:

@@ -22,9 +22,17 @@ def problem(
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, problems: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        problems: list[dict[str, Any]] | None = None,
+        *,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(error)
         self.status, self.error, self.problems = status, error, problems or []
+        self.retry_after = retry_after if retry_after is not None else (5 if status == 503 else None)
 
 
 def error_body(error: str, problems: list[dict[str, Any]]) -> dict[str, Any]:
@@ -34,7 +42,7 @@ def error_body(error: str, problems: list[dict[str, Any]]) -> dict[str, Any]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return JSONResponse(error_body(exc.error, exc.problems), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

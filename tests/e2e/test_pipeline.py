@@ -102,6 +102,8 @@ async def test_re_notify_sends_the_email_again_only_for_completed_requests(stack
     mails = await eventually(
         lambda: len(stack.smtp.for_request(request_id)) == 2 and stack.smtp.for_request(request_id)
     )
+    too_soon = await stack.http.post(f"{stack.api}/webhook-completed", json={"request_id": request_id})
+    assert too_soon.status_code == 429 and int(too_soon.headers["retry-after"]) > 0
     assert mails[0]["Message-ID"] != mails[1]["Message-ID"]
 
 
