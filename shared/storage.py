@@ -38,6 +38,10 @@ INDEX_WIDTH = 7  # zero-padded image index in ids, so the lexical _id order is t
 Doc = dict[str, Any]
 
 
+class UnknownRequest(LookupError):
+    """An event names a request the database does not have: it fails, so the bus retries, then parks it."""
+
+
 def image_key(request_id: str, index: int) -> str:
     return f"{request_id}:{index:0{INDEX_WIDTH}d}"
 

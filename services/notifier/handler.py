@@ -21,15 +21,11 @@ from services.notifier.webhook import post_webhook
 from shared.events import Event, NotificationRequested, RequestCompleted
 from shared.read_model import output_csv_bytes
 from shared.settings import Settings
-from shared.storage import Store
+from shared.storage import Store, UnknownRequest
 
 log = structlog.get_logger()
 
 ATTEMPTS_KEPT = 200
-
-
-class UnknownRequest(LookupError):
-    pass
 
 
 class Notifier:

@@ -30,7 +30,7 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 from shared.events import Event, ImageCompressed, ImageFailed, RequestCompleted
-from shared.storage import Store, image_key
+from shared.storage import Store, UnknownRequest, image_key
 
 log = structlog.get_logger()
 
@@ -44,10 +44,6 @@ Outcome = ImageCompressed | ImageFailed
 
 class Publisher(Protocol):
     async def publish(self, event: Event) -> None: ...
-
-
-class UnknownRequest(LookupError):
-    pass
 
 
 class StatusProjection:

@@ -162,7 +162,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             request = await _request_or_404(store, request_id, projection=projection)
             return await render_status(store, request, settings.base_url, offset, limit, view)
 
-        structlog.contextvars.bind_contextvars(request_id=request_id)
         body = await status_cache.get((request_id, offset, limit, view), render)
         return Response(body, media_type="application/json")
 

@@ -10,18 +10,11 @@ import pytest
 from localrun.samples import photo
 from services.compressor.fetch import FetchPolicy, SafeFetcher
 from services.compressor.handler import CodecPool, Compressor
-from shared.events import Event, ImageCompressed, ImageFailed, ImageRequested
+from shared.events import ImageCompressed, ImageFailed, ImageRequested
 from shared.settings import Settings
 from shared.storage import Store, output_file_id
+from tests.fakes import RecordingPublisher
 from tests.origin import Origin
-
-
-class RecordingPublisher:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    async def publish(self, event: Event) -> None:
-        self.events.append(event)
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from services.upload.relay import OutboxRelay
-from shared.events import Event, ImageRequested
+from shared.events import ImageRequested
 from shared.storage import Store, row_chunk_key
-
-
-class RecordingPublisher:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    async def publish_many(self, events: list[Event]) -> None:
-        self.events.extend(events)
+from tests.fakes import RecordingPublisher
 
 
 async def pending_request(store: Store, request_id: str, urls: list[str] | None) -> None:

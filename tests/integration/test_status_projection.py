@@ -8,17 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.status.projection import StatusProjection, UnknownRequest
+from services.status.projection import StatusProjection
 from shared.events import Event, ImageCompressed, ImageFailed, RequestCompleted
-from shared.storage import Store
-
-
-class RecordingPublisher:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    async def publish(self, event: Event) -> None:
-        self.events.append(event)
+from shared.storage import Store, UnknownRequest
+from tests.fakes import RecordingPublisher
 
 
 async def new_request(store: Store, request_id: str, total: int) -> None:
