@@ -20,6 +20,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aiormq.exceptions import AMQPConnectionError, ChannelInvalidStateError, ChannelNotFoundEntity
 
+from localrun.supervisor import SERVICES
 from shared.bus import Topology
 
 log = structlog.get_logger()
@@ -117,8 +118,9 @@ class Broker:
 
     async def delete_topology(self) -> None:
         """Remove every queue and the exchange of this run's prefix, so no benchmark leaves state behind."""
-        for name in self.topology.all_queues():
-            await self._delete_queue(name)
+        for service in SERVICES:
+            for name in self.topology.queues(service):
+                await self._delete_queue(name)
         await self._call(lambda channel: channel.exchange_delete(self.topology.exchange))
 
     async def _delete_queue(self, name: str) -> None:

@@ -101,17 +101,17 @@ async def run_batch(
     async def completed() -> bool:
         if not samples or time.monotonic() - samples[-1][0] >= RSS_EVERY:
             samples.append((time.monotonic(), _compressor_rss(stack)))
-        return await outcomes_recorded(stack.store, accepted.request_id) >= images
+        return await outcomes_recorded(stack.mongo, accepted.request_id) >= images
 
     await stack.wait_for(completed, 120 + images, f"{images} images of {tag}", interval=0.2)
     if side is not None:
         await side
     cpu_after, window = _cpu_snapshot(stack), time.monotonic() - window_start
 
-    doc = await request_doc(stack.store, accepted.request_id)
+    doc = await request_doc(stack.mongo, accepted.request_id)
     created = doc["created_at"]
     latencies = [
-        (at - created).total_seconds() for at in await outcome_times(stack.store, accepted.request_id)
+        (at - created).total_seconds() for at in await outcome_times(stack.mongo, accepted.request_id)
     ]
     middle = started + (time.monotonic() - started) / 2
     halves = {
@@ -213,7 +213,7 @@ async def status_page(http: aiohttp.ClientSession, api: str, request_id: str) ->
 
 
 async def _published(stack: BenchStack, request_id: str) -> bool:
-    doc = await request_doc(stack.store, request_id)
+    doc = await request_doc(stack.mongo, request_id)
     return doc["published_chunks"] == doc["row_chunks"] and "outbox_pending" not in doc
 
 
@@ -264,7 +264,7 @@ async def large_upload(stack: BenchStack, http: aiohttp.ClientSession, rows: int
     await stack.wait_for(all_queued, 300, f"{rows} messages queued", interval=0.02)
     queue_seconds = time.monotonic() - accepted_at
     await stack.wait_for(lambda: _published(stack, accepted.request_id), 60, "the outbox finishing")
-    doc = await request_doc(stack.store, accepted.request_id)
+    doc = await request_doc(stack.mongo, accepted.request_id)
     hwm_published = stack.memory()["upload"].main.hwm
     await stack.broker.purge("compressor")
     return LargeUpload(

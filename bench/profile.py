@@ -28,7 +28,10 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("codec", ("PIL/", "services/compressor/codec.py")),
     ("process pool IPC", ("concurrent/futures/", "multiprocessing/", "pickle")),
     ("fetch", ("services/compressor/fetch.py", "shared/netguard.py", "aiohttp/")),
-    ("storage (driver)", ("pymongo/", "bson/", "gridfs/", "shared/storage.py", "shared/read_model.py")),
+    (
+        "storage (driver)",
+        ("pymongo/", "bson/", "gridfs/", "shared/mongo.py", "shared/repository.py", "shared/files.py"),
+    ),
     ("bus", ("aio_pika/", "aiormq/", "pamqp/", "shared/bus.py")),
     ("JSON / validation", ("json/", "pydantic/", "pydantic_core", "shared/events.py")),
     ("HTTP server", ("uvicorn/", "starlette/", "fastapi/", "h11/", "httptools", "multipart/")),

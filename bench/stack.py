@@ -23,13 +23,12 @@ from bench.procstat import Memory, children, cpu_seconds, find_pids, listening_p
 from localrun.broker import ensure_rabbitmq
 from localrun.supervisor import Supervisor, child_env, free_port, secantus_argv, secantus_url, wait_for_port
 from shared.bus import Topology
+from shared.mongo import Mongo, connect_mongo
 from shared.settings import Settings, get_settings
-from shared.storage import Store, connect_store
 
 log = structlog.get_logger()
 T = TypeVar("T")
 
-SERVICES = ("upload", "status", "notifier")
 RABBITMQ_PROCESS = "beam.smp"
 
 
@@ -60,7 +59,7 @@ class BenchStack:
     settings: Settings  # what the services run with, as this process sees it
     supervisor: Supervisor
     broker: Broker
-    store: Store
+    mongo: Mongo
     run_dir: Path
     origin_url: str
     started_rabbitmq: bool
@@ -102,15 +101,14 @@ class BenchStack:
             "origin",
             [sys.executable, "-m", "bench.origin", "--dir", str(corpus_dir), "--port", str(origin_port)],
         )
-        for service in SERVICES:
-            supervisor.start_service(service)
+        supervisor.start_services(compressors=0)  # the benchmark sets how many compressors run
         topology = Topology(settings.bus_prefix, tuple(settings.retry_delays_ms))
         broker = await Broker.connect(settings.amqp_url, topology)
         stack = cls(
             settings,
             supervisor,
             broker,
-            connect_store(settings),
+            connect_mongo(settings),
             run_dir,
             f"http://127.0.0.1:{origin_port}",
             started_rabbitmq,
@@ -213,8 +211,8 @@ class BenchStack:
         await self.broker.close()
         if not self.own_database:
             with contextlib.suppress(Exception):
-                await self.store.client.drop_database(self.settings.mongo_db)
-        await self.store.close()
+                await self.mongo.drop()
+        await self.mongo.close()
         if self.started_rabbitmq:
             proc = await asyncio.create_subprocess_exec("rabbitmqctl", "stop")
             await proc.wait()

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from shared.storage import Store
+from shared.mongo import Mongo
 
 IMAGES_PER_PRODUCT = 4  # a product page usually has a few pictures
 
@@ -48,21 +48,21 @@ async def upload(http: aiohttp.ClientSession, api: str, csv_data: bytes) -> Uplo
     return Upload(body["request_id"], body["images"], seconds, len(csv_data))
 
 
-async def request_doc(store: Store, request_id: str) -> dict[str, Any]:
-    doc = await store.requests.find_one({"_id": request_id}, projection={"rows": 0})
+async def request_doc(mongo: Mongo, request_id: str) -> dict[str, Any]:
+    doc = await mongo.requests.find_one({"_id": request_id}, projection={"rows": 0})
     if doc is None:
         raise LookupError(f"no request {request_id}")
     return doc
 
 
-async def outcome_times(store: Store, request_id: str) -> list[datetime]:
+async def outcome_times(mongo: Mongo, request_id: str) -> list[datetime]:
     """When each image's outcome was recorded (the `images` collection's `at`)."""
-    cursor = store.images.find({"request_id": request_id}, projection={"at": 1, "_id": 0})
+    cursor = mongo.images.find({"request_id": request_id}, projection={"at": 1, "_id": 0})
     return [doc["at"] async for doc in cursor]
 
 
-async def outcomes_recorded(store: Store, request_id: str) -> int:
-    doc = await store.requests.find_one(
+async def outcomes_recorded(mongo: Mongo, request_id: str) -> int:
+    doc = await mongo.requests.find_one(
         {"_id": request_id}, projection={"no_img_compressed": 1, "no_img_failed": 1}
     )
     return 0 if doc is None else int(doc["no_img_compressed"] + doc["no_img_failed"])

@@ -58,10 +58,7 @@ async def main() -> None:
         log.info("secantusdb_started", storage=str(data_dir / "db"), port=port)
 
     origin = await serve_directory(ensure_samples(data_dir / "samples"), "127.0.0.1", SAMPLE_ORIGIN_PORT)
-    for service in ("upload", "status", "notifier"):
-        supervisor.start_service(service)
-    for n in range(settings.compressors):
-        supervisor.start_service("compressor", f"compressor-{n + 1}")
+    supervisor.start_services(settings.compressors)
     log.info(
         "imagepipe_running",
         api=settings.base_url,

@@ -20,8 +20,11 @@ from typing import IO
 
 import structlog
 
+from shared.retry import backoff_delay
+
 log = structlog.get_logger()
 
+# Every service, in start order: `make run`, the tests and the benchmark all start the system from this list.
 SERVICES = ("upload", "status", "notifier", "compressor")
 
 
@@ -110,6 +113,15 @@ class Supervisor:
     def start_service(self, service: str, instance: str | None = None, **env: str) -> Managed:
         return self.start(instance or service, [sys.executable, "-m", f"services.{service}"], extra_env=env)
 
+    def start_services(self, compressors: int, *, services: tuple[str, ...] = SERVICES) -> None:
+        """Start `services` (default: the whole system), with `compressors` compressor processes named
+        compressor-1, compressor-2, ..."""
+        for service in services:
+            if service != "compressor":
+                self.start_service(service)
+        for n in range(compressors if "compressor" in services else 0):
+            self.start_service("compressor", f"compressor-{n + 1}")
+
     def poll(self) -> None:
         """Restart any process that died; call this periodically."""
         now = time.monotonic()
@@ -119,7 +131,7 @@ class Supervisor:
             if managed.next_start == 0.0:
                 managed.kill_leftovers()
                 code = managed.proc.returncode
-                delay = min(2.0 ** min(managed.restarts, 5) * 0.5, 10.0)
+                delay = backoff_delay(managed.restarts, base=0.5, max_delay=10.0, jitter=0.0)
                 log.warning(
                     "process_died_restarting", process=managed.name, exit_code=code, restart_in_s=delay
                 )

@@ -7,21 +7,24 @@ Topology (all names start with `settings.bus_prefix`, so deployments sharing a b
     <prefix>.<service>.retry.<N>ms   delay queues: a failed message waits N ms, then returns to its queue
     <prefix>.<service>.dead          parking lot for messages that failed every retry, or were malformed
 
-Every service declares the whole topology when it connects, so no event is published before the queue
-that must hold it exists, whatever the start order.
+A subscribing service declares its own queues and binds them to the events of its routing table (its
+`ROUTES`: event type -> handler), so each subscription is written down once, beside its handlers.
+Publishes are mandatory and confirmed: a message that no queue takes (its subscriber has never started)
+comes back as a failed publish, to be tried again, rather than vanishing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable
+import functools
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aio_pika
 import structlog
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
@@ -29,25 +32,10 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from shared.events import (
-    Event,
-    ImageCompressed,
-    ImageFailed,
-    ImageRequested,
-    MalformedEvent,
-    NotificationRequested,
-    RequestCompleted,
-    parse_event,
-)
+from shared.events import Event, MalformedEvent, parse_event
 from shared.settings import Settings
 
 log = structlog.get_logger()
-
-SUBSCRIPTIONS: dict[str, tuple[type[Event], ...]] = {
-    "compressor": (ImageRequested,),
-    "status": (ImageCompressed, ImageFailed),
-    "notifier": (RequestCompleted, NotificationRequested),
-}
 
 # A message redelivered this often has killed (or been abandoned by) its consumer every time: we park it
 # and report it instead of handing it to a handler again, so it cannot crash-loop the fleet. Handler errors
@@ -57,6 +45,27 @@ DELIVERY_LIMIT = 20
 # While the connection is being re-established its channels are closed; a publish waits this long for them
 # to be restored rather than fail at once.
 RECONNECT_WAIT_S = 30.0
+
+# A service's routing table: which handler takes which event type. Handlers take their concrete event type
+# (the bus only ever hands them that type), so the table's values are typed loosely. A service writes its
+# table once, with the methods of its handler class (`HandlerMethods`), and `bind`s them when it starts.
+Handler = Callable[[Any], Awaitable[None]]
+Routes = Mapping[type[Event], Handler]
+HandlerMethods = Mapping[type[Event], Callable[[Any, Any], Awaitable[None]]]
+ParkedHook = Callable[[Event, str], Awaitable[None]]
+
+
+def bind(methods: HandlerMethods, handlers: object) -> Routes:
+    """A service's routing table, with its handler class's methods bound to the instance `handlers`."""
+    return {event_type: functools.partial(method, handlers) for event_type, method in methods.items()}
+
+
+class Publisher(Protocol):
+    """What handlers need of the bus: publishing, each call returning once the broker has the messages."""
+
+    async def publish(self, event: Event) -> None: ...
+
+    async def publish_many(self, events: Iterable[Event]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -77,21 +86,10 @@ class Topology:
     def retry_queue(self, service: str, delay_ms: int) -> str:
         return f"{self.queue(service)}.retry.{delay_ms}ms"
 
-    def all_queues(self) -> list[str]:
-        """Every queue of this prefix: for tools that tear a deployment's topology down."""
-        return [
-            name
-            for service in SUBSCRIPTIONS
-            for name in (
-                self.queue(service),
-                self.dead_letter_queue(service),
-                *(self.retry_queue(service, delay) for delay in self.retry_delays_ms),
-            )
-        ]
-
-
-Handler = Callable[[Event], Awaitable[None]]
-ParkedHook = Callable[[Event, str], Awaitable[None]]
+    def queues(self, service: str) -> list[str]:
+        """Every queue a subscribing service declares: its own, its parking lot and its delay queues."""
+        retries = [self.retry_queue(service, delay) for delay in self.retry_delays_ms]
+        return [self.queue(service), self.dead_letter_queue(service), *retries]
 
 
 class EventBus:
@@ -108,8 +106,11 @@ class EventBus:
     async def connect(self) -> None:
         # connect_robust reconnects by itself and re-declares what was declared, consumers included.
         self._connection = await aio_pika.connect_robust(self._url, reconnect_interval=1.0)
-        self._channel = await self._connection.channel(publisher_confirms=True)
-        self._exchange = await self._declare_topology(self._channel)
+        # Returned (unroutable) messages raise in publish(): without it, mandatory=True changes nothing.
+        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._exchange = await self._channel.declare_exchange(
+            self.topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
 
     @property
     def is_ready(self) -> bool:
@@ -138,7 +139,8 @@ class EventBus:
 
     # --- publishing -----------------------------------------------------------------------------------
     async def publish(self, event: Event) -> None:
-        """Returns once the broker has confirmed the message (persisted to its queues)."""
+        """Returns once the broker has confirmed the message (persisted to its queues); raises if it could
+        not, including when no queue is bound to the event (aio_pika's DeliveryError)."""
         assert self._exchange is not None, "connect() first"
         await self._channel_ready()
         await self._exchange.publish(
@@ -152,10 +154,11 @@ class EventBus:
         await asyncio.gather(*(self.publish(e) for e in events))
 
     # --- consuming ------------------------------------------------------------------------------------
-    async def consume(
-        self, service: str, handler: Handler, *, prefetch: int, on_parked: ParkedHook | None = None
+    async def subscribe(
+        self, service: str, routes: Routes, *, prefetch: int, on_parked: ParkedHook | None = None
     ) -> None:
-        """Deliver each event of `service`'s subscriptions to `handler`; ack only after it returns.
+        """Declare `service`'s queues, bind them to the events in `routes`, and hand each event to its
+        handler; a message is acknowledged only after its handler returns.
 
         A handler exception sends the message to the next retry queue; after the last one it is parked
         in the dead-letter queue and `on_parked` is told why. Malformed messages are parked at once.
@@ -163,16 +166,14 @@ class EventBus:
         assert self._connection is not None, "connect() first"
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        # Declared (passively), not just looked up: only declared queues get their consumers back when the
-        # robust connection reconnects; a queue from get_queue(ensure=False) would silently stop consuming.
-        queue = await channel.declare_queue(self.topology.queue(service), passive=True)
+        queue = await self._declare_queues(channel, service, routes)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             task = asyncio.current_task()
             assert task is not None
             self._in_flight.add(task)
             try:
-                await self._handle(service, message, handler, on_parked)
+                await self._handle(service, message, routes, on_parked)
             except Exception:
                 # Sending it to a retry queue failed (the broker is going away, or is half back): give it
                 # back. Left unacknowledged on a channel that stays open, it would never be delivered again.
@@ -189,12 +190,15 @@ class EventBus:
         self,
         service: str,
         message: AbstractIncomingMessage,
-        handler: Handler,
+        routes: Routes,
         on_parked: ParkedHook | None,
     ) -> None:
         attempt = _header_int(message, "x-attempt")
         try:
             event = parse_event(message.body)
+            handler = routes.get(type(event))
+            if handler is None:  # bound once, since unbound: nothing here can handle it
+                raise MalformedEvent(f"{type(event).__name__} is not handled by {service}")
         except MalformedEvent as exc:
             log.error("malformed_message_parked", service=service, reason=str(exc))
             await self._park(service, message, str(exc))
@@ -270,35 +274,38 @@ class EventBus:
         await asyncio.wait_for(self._channel.ready(), RECONNECT_WAIT_S)
 
     # --- topology -------------------------------------------------------------------------------------
-    async def _declare_topology(self, channel: AbstractChannel) -> AbstractExchange:
+    async def _declare_queues(
+        self, channel: aio_pika.abc.AbstractChannel, service: str, routes: Routes
+    ) -> AbstractQueue:
         t = self.topology
         exchange = await channel.declare_exchange(t.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        for service, events in SUBSCRIPTIONS.items():
-            dead = t.dead_letter_queue(service)
-            await channel.declare_queue(dead, durable=True, arguments={"x-queue-type": "quorum"})
-            queue = await channel.declare_queue(
-                t.queue(service),
+        dead = t.dead_letter_queue(service)
+        await channel.declare_queue(dead, durable=True, arguments={"x-queue-type": "quorum"})
+        # Declared, not just looked up: only declared queues get their consumers back when the robust
+        # connection reconnects; a queue from get_queue(ensure=False) would silently stop consuming.
+        queue = await channel.declare_queue(
+            t.queue(service),
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": DELIVERY_LIMIT,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": dead,
+            },
+        )
+        for event_cls in routes:
+            await queue.bind(exchange, routing_key=event_cls.routing_key)
+        for delay in t.retry_delays_ms:
+            await channel.declare_queue(
+                t.retry_queue(service, delay),
                 durable=True,
                 arguments={
-                    "x-queue-type": "quorum",
-                    "x-delivery-limit": DELIVERY_LIMIT,
+                    "x-message-ttl": delay,
                     "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": dead,
+                    "x-dead-letter-routing-key": t.queue(service),
                 },
             )
-            for event_cls in events:
-                await queue.bind(exchange, routing_key=event_cls.routing_key)
-            for delay in t.retry_delays_ms:
-                await channel.declare_queue(
-                    t.retry_queue(service, delay),
-                    durable=True,
-                    arguments={
-                        "x-message-ttl": delay,
-                        "x-dead-letter-exchange": "",
-                        "x-dead-letter-routing-key": t.queue(service),
-                    },
-                )
-        return exchange
+        return queue
 
 
 def _header_int(message: AbstractIncomingMessage, name: str) -> int:

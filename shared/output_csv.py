@@ -16,8 +16,11 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Final
+
+from shared.links import Links
+from shared.repository import OutcomeDoc, OutcomeStatus, RequestDoc, RequestRepository
 
 OUTPUT_COLUMN: Final = "Output Image Urls"
 SEPARATOR: Final = ", "
@@ -82,11 +85,22 @@ async def write_csv(rows: AsyncIterable[Sequence[str]]) -> AsyncIterator[bytes]:
     yield encoder.drain()  # at least the BOM, so even an empty result is a valid UTF-8 CSV
 
 
-def iter_csv(rows: Iterable[Sequence[str]]) -> Iterator[bytes]:
-    """`write_csv` for a plain iterable."""
-    encoder = _Encoder()
-    for row in rows:
-        encoder.write(row)
-        if encoder.full():
-            yield encoder.drain()
-    yield encoder.drain()
+def output_cell(outcome: OutcomeDoc | None, links: Links) -> str:
+    """What the output CSV says for one image: its URL, or why it failed."""
+    if outcome is None:
+        return "PENDING"
+    if outcome["status"] == OutcomeStatus.COMPRESSED:
+        return links.image(outcome.get("file_id", ""))
+    return failed_entry(outcome.get("reason", "unknown"))
+
+
+async def output_csv(repo: RequestRepository, request: RequestDoc, links: Links) -> AsyncIterator[bytes]:
+    """A request's output CSV, streamed from the read model in bounded memory."""
+
+    async def rows() -> AsyncIterator[list[str]]:
+        yield output_header(request["columns"])
+        async for row, outcomes in repo.rows_with_outcomes(request["_id"]):
+            yield output_row(row["cells"], [output_cell(o, links) for o in outcomes])
+
+    async for part in write_csv(rows()):
+        yield part

@@ -1,7 +1,8 @@
-"""The lifecycle every worker service shares: settings, logging, connections, health, graceful stop.
+"""The lifecycle every service shares: settings, logging, connections, health, graceful stop.
 
-A service's entry point is `run_service("name", start)`, where `start(runtime)` wires its handlers and
-subscriptions; everything else (connect with retries, SIGTERM, draining in-flight work) lives here once.
+A worker's entry point is `run_service("name", start)`, where `start(runtime)` subscribes its handlers; the
+gateway runs the same `Runtime` inside its ASGI lifespan. Everything else (connect with retries, SIGTERM,
+draining in-flight work, closing) lives here once.
 """
 
 from __future__ import annotations
@@ -9,37 +10,78 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.bus import EventBus
+from shared.files import GridFsImageStore
+from shared.links import Links
 from shared.logging import configure_logging
+from shared.mongo import Mongo, connect_mongo
+from shared.repository import MongoRequestRepository
+from shared.retry import backoff_delay
 from shared.settings import Settings, get_settings
-from shared.storage import Store, connect_store
 
 log = structlog.get_logger()
+
+Start = Callable[["Runtime"], Awaitable[None]]
 
 
 @dataclass
 class Runtime:
+    """One service's connections and background work, from start to a clean stop."""
+
     service: str
     settings: Settings
-    store: Store
+    mongo: Mongo
     bus: EventBus
+    repo: MongoRequestRepository = field(init=False)
+    images: GridFsImageStore = field(init=False)
+    links: Links = field(init=False)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     background: list[asyncio.Task[None]] = field(default_factory=list)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
-    def spawn(self, coro: Awaitable[None], name: str) -> None:
+    def __post_init__(self) -> None:
+        self.repo = MongoRequestRepository(self.mongo)
+        self.images = GridFsImageStore(self.mongo)
+        self.links = Links(self.settings.base_url)
+
+    @classmethod
+    def create(cls, service: str, settings: Settings) -> Runtime:
+        return cls(service, settings, connect_mongo(settings), EventBus(settings))
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run a long-lived loop (a relay, a sweeper) until the service stops."""
-        self.background.append(asyncio.create_task(coro, name=name))  # type: ignore[arg-type]
+        self.background.append(asyncio.create_task(coro, name=name))
+
+    async def connect(self) -> bool:
+        """Wait for the database and the broker (as long as it takes); False if a stop came first."""
+        return await retry_until_done(
+            "database", self.mongo.ensure_indexes, self.stopping
+        ) and await retry_until_done("broker", self.bus.connect, self.stopping)
 
     async def ready(self) -> bool:
-        return self.bus.is_ready and await self.store.ping()
+        return self.bus.is_ready and await self.mongo.ping()
+
+    async def shutdown(self) -> None:
+        """Stop taking work, let in-flight work finish within the grace period, then close everything."""
+        self.stopping.set()
+        log.info("service_stopping", grace_s=self.settings.shutdown_grace)
+        await self.bus.stop_consuming(self.settings.shutdown_grace)
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        for close in self.on_close:
+            await close()
+        await self.bus.close()
+        await self.mongo.close()
+        log.info("service_stopped")
 
 
 async def retry_until_done(what: str, action: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> bool:
@@ -48,7 +90,7 @@ async def retry_until_done(what: str, action: Callable[[], Awaitable[None]], sto
     A service starts alongside its broker and database and must wait for them; a SIGTERM while it
     waits ends the wait at once, so a stop never hangs on an outage.
     """
-    delay = 0.5
+    failures = 0
     while not stopping.is_set():
         attempt = asyncio.ensure_future(action())
         stop = asyncio.ensure_future(stopping.wait())
@@ -59,11 +101,12 @@ async def retry_until_done(what: str, action: Callable[[], Awaitable[None]], sto
             return False
         if attempt.exception() is None:
             return True
+        delay = backoff_delay(failures, base=0.5, max_delay=10.0, jitter=0.0)
+        failures += 1
         error = str(attempt.exception())[:200]
         log.warning("dependency_unavailable_retrying", dependency=what, error=error, retry_in_s=delay)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), delay)
-        delay = min(delay * 2, 10.0)
     return False
 
 
@@ -96,29 +139,19 @@ async def serve_health(runtime: Runtime) -> web.AppRunner:
     return runner
 
 
-async def run_service(service: str, start: Callable[[Runtime], Awaitable[None]]) -> None:
+async def run_service(service: str, start: Start) -> None:
+    """A worker's whole life: connect, `start` (subscribe), serve until SIGTERM, drain, stop."""
     settings = get_settings()
     configure_logging(service, settings.log_level, settings.log_json)
-    runtime = Runtime(service, settings, connect_store(settings), EventBus(settings))
+    runtime = Runtime.create(service, settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stopping.set)
 
     health = await serve_health(runtime)
-    if await retry_until_done(
-        "database", runtime.store.ensure_indexes, runtime.stopping
-    ) and await retry_until_done("broker", runtime.bus.connect, runtime.stopping):
+    if await runtime.connect():
         await start(runtime)
         log.info("service_started")
         await runtime.stopping.wait()
-    log.info("service_stopping", grace_s=settings.shutdown_grace)
-    await runtime.bus.stop_consuming(settings.shutdown_grace)
-    for task in runtime.background:
-        task.cancel()
-    await asyncio.gather(*runtime.background, return_exceptions=True)
-    for close in runtime.on_close:
-        await close()
-    await runtime.bus.close()
-    await runtime.store.close()
+    await runtime.shutdown()
     await health.cleanup()
-    log.info("service_stopped")

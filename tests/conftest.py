@@ -19,10 +19,11 @@ import aio_pika
 import pytest
 
 from localrun.broker import ensure_rabbitmq
-from localrun.supervisor import Supervisor, free_port, secantus_argv, secantus_url, wait_for_port
+from localrun.supervisor import SERVICES, Supervisor, free_port, secantus_argv, secantus_url, wait_for_port
 from shared.bus import EventBus
+from shared.mongo import Mongo, connect_mongo
+from shared.repository import MongoRequestRepository
 from shared.settings import Settings
-from shared.storage import Store, connect_store
 
 AMQP_URL = os.environ.get("IMAGEPIPE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -100,13 +101,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 async def delete_topology(settings: Settings) -> None:
-    bus = EventBus(settings)
+    topology = EventBus(settings).topology
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         channel = await connection.channel()
-        for name in bus.topology.all_queues():
-            await channel.queue_delete(name)
-        await channel.exchange_delete(bus.topology.exchange)
+        for service in SERVICES:
+            for name in topology.queues(service):
+                await channel.queue_delete(name)
+        await channel.exchange_delete(topology.exchange)
 
 
 @pytest.fixture
@@ -117,12 +119,17 @@ async def settings(secantus: str, tmp_path: Path) -> AsyncIterator[Settings]:
 
 
 @pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[Store]:
-    store = connect_store(settings)
-    await store.ensure_indexes()
-    yield store
-    await store.client.drop_database(settings.mongo_db)
-    await store.close()
+async def mongo(settings: Settings) -> AsyncIterator[Mongo]:
+    mongo = connect_mongo(settings)
+    await mongo.ensure_indexes()
+    yield mongo
+    await mongo.drop()
+    await mongo.close()
+
+
+@pytest.fixture
+def repo(mongo: Mongo) -> MongoRequestRepository:
+    return MongoRequestRepository(mongo)
 
 
 @pytest.fixture

@@ -100,9 +100,6 @@ async def start_stack(settings: Settings, log_dir: Path, compressors: int = 1) -
     settings = settings.model_copy(update={"port": port, "smtp_host": "127.0.0.1", "smtp_port": smtp_port})
     supervisor = Supervisor(settings_env(settings), log_dir=log_dir)
     stack = Stack(settings, supervisor, origin, sink, controller, httpx.AsyncClient(timeout=30))
-    for service in ("upload", "status", "notifier"):
-        stack.start_service(service)
-    for n in range(compressors):
-        stack.start_service("compressor", f"compressor-{n + 1}")
+    supervisor.start_services(compressors)
     wait_for_port("127.0.0.1", port, 30, "the API")
     return stack

@@ -6,7 +6,8 @@ import asyncio
 import os
 
 from services.compressor.fetch import FetchPolicy, SafeFetcher
-from services.compressor.handler import CodecPool, Compressor
+from services.compressor.handler import ROUTES, CodecPool, Compressor
+from shared.bus import bind
 from shared.runtime import Runtime, run_service
 
 
@@ -19,15 +20,15 @@ async def start(rt: Runtime) -> None:
     codec = CodecPool(s.codec_workers)
     await codec.warm_up()
     fetcher = SafeFetcher(FetchPolicy.from_settings(s))
-    compressor = Compressor(rt.store, rt.bus, fetcher, codec, s.quality, s.max_pixels)
+    compressor = Compressor(rt.images, rt.bus, fetcher, codec, s.quality, s.max_pixels)
 
     async def close() -> None:
         await fetcher.close()
         codec.close()
 
     rt.on_close.append(close)
-    await rt.bus.consume(
-        "compressor", compressor.handle, prefetch=s.max_in_flight, on_parked=compressor.on_parked
+    await rt.bus.subscribe(
+        "compressor", bind(ROUTES, compressor), prefetch=s.max_in_flight, on_parked=compressor.on_parked
     )
 
 

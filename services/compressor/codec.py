@@ -41,6 +41,8 @@ from typing import Any, TypeVar
 import structlog
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
+from shared.magic import sniff
+
 log = structlog.get_logger()
 T = TypeVar("T")
 
@@ -150,29 +152,11 @@ def _rejection(exc: Exception) -> ImageRejected:
     return ImageRejected(f"corrupt image data ({type(exc).__name__}: {text[:120]})", "corrupt")
 
 
-_MAGIC = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"8BPS", "PSD"),
-    (b"%!PS", "EPS"),
-    (b"%PDF", "PDF"),
-    (b"<svg", "SVG"),
-    (b"<?xml", "XML/SVG"),
-)
-
-
 def _sniff(data: bytes) -> str | None:
-    """The format the first bytes announce, for error messages only (Pillow decides what we decode)."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    if data[4:8] == b"ftyp":
-        return "AVIF" if data[8:12] in (b"avif", b"avis") else "HEIF/MP4"
-    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+    """The format the first bytes announce, in Pillow's spelling, for error messages only (Pillow decides
+    what we decode)."""
+    kind = sniff(data)
+    return kind.name.upper() if kind is not None else None
 
 
 # --- still images -------------------------------------------------------------------------------------------

@@ -1,17 +1,14 @@
 """Downloads one image from an untrusted URL: SSRF-guarded, size- and time-bounded, retried when it may help.
 
 Every failure is a FetchError whose `reason` is short enough to show the uploader as-is and whose
-`permanent` flag tells the caller whether asking again later could change anything.
+`retryable` flag tells the caller whether asking again later could change anything.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import random
 import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -19,7 +16,9 @@ import structlog
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from shared.magic import SNIFF_BYTES, describe_non_image, sniff_image
 from shared.netguard import BlockedAddressError, guarded_session
+from shared.retry import backoff_delay, parse_retry_after, retryable_status
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -27,9 +26,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_RETRYABLE_4XX = frozenset({408, 425, 429})
 _CHUNK = 64 * 1024
-_SNIFF_BYTES = 16  # enough for every signature below
 _HEADERS = {
     "User-Agent": "imagepipe-fetcher/1.0",
     "Accept": "image/*",
@@ -65,19 +62,19 @@ class FetchPolicy:
 
 
 class FetchError(Exception):
-    """A download failed. `reason` is meant for humans; `permanent` means retrying later is pointless."""
+    """A download failed. `reason` is meant for humans; `retryable` means a later try may succeed."""
 
-    def __init__(self, reason: str, *, permanent: bool) -> None:
+    def __init__(self, reason: str, *, retryable: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.permanent = permanent
+        self.retryable = retryable
 
 
 class _Retryable(FetchError):
     """One attempt failed in a way another attempt may not; `retry_after` is the server's wish, if any."""
 
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason, permanent=False)
+        super().__init__(reason, retryable=True)
         self.retry_after = retry_after
 
 
@@ -122,14 +119,14 @@ class SafeFetcher:
                         failure = exc
                     if attempt >= policy.attempts:
                         raise FetchError(
-                            f"{failure.reason} after {_count(attempt, 'attempt')}", permanent=False
+                            f"{failure.reason} after {_count(attempt, 'attempt')}", retryable=True
                         ) from failure
                     delay = self._delay(attempt, failure.retry_after)
                     if loop.time() + delay >= deadline:
                         # Sleeping into the deadline would only postpone the same answer.
                         raise FetchError(
                             f"{failure.reason}; no time left for a retry after {_count(attempt, 'attempt')}",
-                            permanent=False,
+                            retryable=True,
                         ) from failure
                     log.info(
                         "fetch.retry",
@@ -142,15 +139,18 @@ class SafeFetcher:
         except TimeoutError:
             raise FetchError(
                 f"timed out after {_count(attempt, 'attempt')} ({policy.total_timeout:g} s limit)",
-                permanent=False,
+                retryable=True,
             ) from None
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        base = self._policy.backoff * 2 ** (attempt - 1)
-        delay = random.uniform(base / 2, base)  # jitter: workers retrying one origin don't march in step
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self._policy.max_retry_after))
-        return delay
+        # Half jitter: workers retrying one origin don't march in step, and none retries at once.
+        return backoff_delay(
+            attempt - 1,
+            base=self._policy.backoff,
+            max_delay=self._policy.max_retry_after,
+            jitter=0.5,
+            retry_after=retry_after,
+        )
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:  # created lazily: it needs the running loop
@@ -181,25 +181,23 @@ class SafeFetcher:
             except FetchError:
                 raise
             except BlockedAddressError as exc:
-                raise FetchError(f"refused address {exc.ip} ({exc.reason})", permanent=True) from exc
+                raise FetchError(f"refused address {exc.ip} ({exc.reason})") from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise _classify(exc, url) from exc
-        raise FetchError(f"too many redirects (more than {self._policy.max_redirects})", permanent=True)
+        raise FetchError(f"too many redirects (more than {self._policy.max_redirects})")
 
     async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
         limit = self._policy.max_bytes
         declared = resp.content_length
         if declared is not None and declared > limit:
-            raise FetchError(
-                f"body exceeds {_size(limit)} limit (Content-Length {_size(declared)})", permanent=True
-            )
+            raise FetchError(f"body exceeds {_size(limit)} limit (Content-Length {_size(declared)})")
         body = bytearray()
         sniffed = False
         async for chunk in resp.content.iter_chunked(_CHUNK):
             body += chunk
             if len(body) > limit:
-                raise FetchError(f"body exceeds {_size(limit)} limit", permanent=True)
-            if not sniffed and len(body) >= _SNIFF_BYTES:
+                raise FetchError(f"body exceeds {_size(limit)} limit")
+            if not sniffed and len(body) >= SNIFF_BYTES:
                 _require_image(body)  # fail on the first bytes, not after downloading a web page
                 sniffed = True
         if not sniffed:
@@ -211,32 +209,32 @@ def _parse_url(raw: str) -> URL:
     try:
         url = URL(raw.strip())
     except (ValueError, TypeError):
-        raise FetchError("invalid URL", permanent=True) from None
+        raise FetchError("invalid URL") from None
     _check_url(url)
     return url
 
 
 def _check_url(url: URL) -> None:
     if not url.scheme:
-        raise FetchError("not an absolute http(s) URL", permanent=True)
+        raise FetchError("not an absolute http(s) URL")
     if url.scheme not in ("http", "https"):
-        raise FetchError(f"unsupported URL scheme {url.scheme!r} (only http and https)", permanent=True)
+        raise FetchError(f"unsupported URL scheme {url.scheme!r} (only http and https)")
     if not url.raw_host:
-        raise FetchError("URL has no host", permanent=True)
+        raise FetchError("URL has no host")
 
 
 def _redirect_target(resp: aiohttp.ClientResponse) -> URL:
     location = resp.headers.get("Location")
     if not location:
-        raise FetchError(f"HTTP {resp.status} redirect without a Location", permanent=True)
+        raise FetchError(f"HTTP {resp.status} redirect without a Location")
     try:
         target = resp.url.join(URL(location))  # handles relative Locations
     except (ValueError, TypeError):
-        raise FetchError("invalid redirect Location", permanent=True) from None
+        raise FetchError("invalid redirect Location") from None
     try:
         _check_url(target)
     except FetchError as exc:
-        raise FetchError(f"redirect to {exc.reason}", permanent=True) from None
+        raise FetchError(f"redirect to {exc.reason}") from None
     return target
 
 
@@ -245,12 +243,12 @@ def _check_status(resp: aiohttp.ClientResponse) -> None:
     if 200 <= status < 300:
         return
     reason = f"HTTP {status} from origin"
-    if status >= 500 or status in _RETRYABLE_4XX:
+    if retryable_status(status):
         retry_after = None
         if status in (429, 503):
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         raise _Retryable(reason, retry_after)
-    raise FetchError(reason, permanent=True)
+    raise FetchError(reason)
 
 
 def _classify(exc: BaseException, url: URL) -> FetchError:
@@ -259,96 +257,26 @@ def _classify(exc: BaseException, url: URL) -> FetchError:
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         # gaierror's EAI_NONAME: the name does not exist, which a retry won't change.
         if getattr(exc.os_error, "errno", None) == socket.EAI_NONAME:
-            return FetchError(f"host not found: {host}", permanent=True)
+            return FetchError(f"host not found: {host}")
         return _Retryable(f"DNS lookup failed for {host}")
     if isinstance(exc, aiohttp.ClientSSLError):
-        return FetchError(f"TLS error talking to {host}", permanent=True)
+        return FetchError(f"TLS error talking to {host}")
     if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError)):
         return _Retryable("timed out")
     if isinstance(exc, aiohttp.ClientConnectorError):
         return _Retryable(f"could not connect to {host}:{url.port}")
     if isinstance(exc, aiohttp.InvalidURL):
-        return FetchError("invalid URL", permanent=True)
+        return FetchError("invalid URL")
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)):
         return _Retryable("connection dropped by origin")
     if isinstance(exc, aiohttp.ClientResponseError):
-        return FetchError("malformed HTTP response from origin", permanent=True)
+        return FetchError("malformed HTTP response from origin")
     return _Retryable(f"request failed ({type(exc).__name__})")
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds a Retry-After header asks for (delta-seconds or HTTP-date), or None if absent/garbled."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-# (offset, magic) pairs; all must match. Order doesn't matter: the signatures don't overlap.
-_SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
-    ("jpeg", ((0, b"\xff\xd8\xff"),)),
-    ("png", ((0, b"\x89PNG\r\n\x1a\n"),)),
-    ("gif", ((0, b"GIF87a"),)),
-    ("gif", ((0, b"GIF89a"),)),
-    ("webp", ((0, b"RIFF"), (8, b"WEBP"))),
-    ("bmp", ((0, b"BM"),)),
-    ("tiff", ((0, b"II*\x00"),)),
-    ("tiff", ((0, b"MM\x00*"),)),
-)
-# ISO-BMFF brands (bytes 8..12 after "ftyp" at 4..8) of still-image formats.
-_AVIF_BRANDS = frozenset({b"avif", b"avis"})
-_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
-
-
-def sniff_image(head: bytes | bytearray) -> str | None:
-    """The image format the first bytes announce ("jpeg", "png", ...), or None. Content-Type is ignored."""
-    for name, parts in _SIGNATURES:
-        if all(head[off : off + len(magic)] == magic for off, magic in parts):
-            return name
-    if head[4:8] == b"ftyp":
-        brand = bytes(head[8:12])
-        if brand in _AVIF_BRANDS:
-            return "avif"
-        if brand in _HEIF_BRANDS:
-            return "heif"
-    return None
-
-
-def describe_non_image(head: bytes | bytearray) -> str:
-    """A guess at what a non-image body is, for the error message."""
-    if not head:
-        return "empty body"
-    text = bytes(head[:512]).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<!--", b"<meta", b"<title")):
-        return "looks like HTML"
-    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
-        return "looks like SVG, which is not supported"
-    if text.startswith(b"<?xml"):
-        return "looks like XML"
-    if text.startswith((b"{", b"[")):
-        return "looks like JSON"
-    if head.startswith(b"%PDF"):
-        return "looks like PDF"
-    if head.startswith(b"PK\x03\x04"):
-        return "looks like a ZIP archive"
-    if head.startswith(b"\x1f\x8b"):
-        return "looks like gzip data"
-    if any(b < 9 or 13 < b < 32 for b in head[:512]):  # control bytes: not text in any common encoding
-        return "unknown binary format"
-    return "looks like text"
 
 
 def _require_image(head: bytes | bytearray) -> None:
     if sniff_image(head) is None:
-        raise FetchError(f"not an image ({describe_non_image(head)})", permanent=True)
+        raise FetchError(f"not an image ({describe_non_image(head)})")
 
 
 def _size(n: int) -> str:

@@ -14,18 +14,15 @@ from prometheus_client import Counter, Histogram
 
 from services.compressor.codec import CompressedImage, ImageRejected, compress
 from services.compressor.fetch import FetchError
+from shared.bus import HandlerMethods, Publisher
 from shared.events import Event, ImageCompressed, ImageFailed, ImageRequested
-from shared.storage import Store
+from shared.files import ImageMeta, ImageStore
 
 log = structlog.get_logger()
 
 IMAGES = Counter("imagepipe_compressor_images_total", "Images handled, by outcome", ["outcome"])
 BYTES = Counter("imagepipe_compressor_bytes_total", "Image bytes, by direction", ["direction"])
 SECONDS = Histogram("imagepipe_compressor_seconds", "Time per image, by stage", ["stage"])
-
-
-class Publisher(Protocol):
-    async def publish(self, event: Event) -> None: ...
 
 
 class Fetcher(Protocol):
@@ -67,21 +64,20 @@ class CodecPool:
 
 @dataclass
 class Compressor:
-    store: Store
+    images: ImageStore
     publisher: Publisher
     fetcher: Fetcher
     codec: CodecPool
     quality: int
     max_pixels: int
 
-    async def handle(self, event: Event) -> None:
-        assert isinstance(event, ImageRequested)
+    async def compress(self, event: ImageRequested) -> None:
         # A redelivery of work already stored: report it again rather than redo it.
-        stored = await self.store.file_info(event.file_id)
+        stored = await self.images.info(event.file_id)
         if stored is not None:
-            meta = stored["metadata"]
+            meta = stored.meta
             await self._compressed(
-                event, meta["contentType"], meta["input_bytes"], stored["length"], meta["kept_original"]
+                event, meta["contentType"], meta["input_bytes"], stored.length, meta["kept_original"]
             )
             return
 
@@ -89,7 +85,7 @@ class Compressor:
             try:
                 original = await self.fetcher.fetch(event.url)
             except FetchError as exc:
-                if not exc.permanent:
+                if exc.retryable:
                     raise  # the bus retries it with a delay, then parks it (see on_parked)
                 await self._failed(event, exc.reason)
                 return
@@ -100,17 +96,17 @@ class Compressor:
                 await self._failed(event, exc.reason)
                 return
         with SECONDS.labels("store").time():
-            await self.store.put_file(
+            await self.images.put(
                 event.file_id,
                 image.data,
                 filename=event.url.rsplit("/", 1)[-1][:200] or "image",
-                metadata={
-                    "contentType": image.content_type,
-                    "request_id": event.request_id,
-                    "index": event.index,
-                    "input_bytes": len(original),
-                    "kept_original": image.kept_original,
-                },
+                meta=ImageMeta(
+                    contentType=image.content_type,
+                    request_id=event.request_id,
+                    index=event.index,
+                    input_bytes=len(original),
+                    kept_original=image.kept_original,
+                ),
             )
         BYTES.labels("in").inc(len(original))
         BYTES.labels("out").inc(len(image.data))
@@ -150,3 +146,7 @@ class Compressor:
             ImageFailed(request_id=event.request_id, index=event.index, url=event.url, reason=reason)
         )
         log.warning("image_failed", index=event.index, url=event.url, reason=reason)
+
+
+# Which handler takes which event: the compressor's subscriptions (the bus binds its queue to these).
+ROUTES: HandlerMethods = {ImageRequested: Compressor.compress}

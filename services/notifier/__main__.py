@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from services.notifier.handler import Notifier
+from services.notifier.handler import ROUTES, Notifier
 from services.notifier.mailer import mailer_from_settings
+from shared.bus import bind
 from shared.netguard import guarded_session
 from shared.runtime import Runtime, run_service
 
@@ -20,8 +21,8 @@ async def start(rt: Runtime) -> None:
         total_timeout=s.notify_timeout,
     )
     rt.on_close.append(http.close)
-    notifier = Notifier(rt.store, mailer_from_settings(s), http, s)
-    await rt.bus.consume("notifier", notifier.handle, prefetch=16)
+    notifier = Notifier(rt.repo, mailer_from_settings(s), http, s)
+    await rt.bus.subscribe("notifier", bind(ROUTES, notifier), prefetch=16)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ from typing import Any, Literal
 
 import structlog
 
+from shared.retry import MAX_DELAY_S, backoff_delay
+
 log = structlog.get_logger()
 
 Outcome = Literal["ok", "retryable", "permanent"]
 
-MAX_DELAY_S = 60.0  # no single wait longer than this, whatever the backoff or the receiver's Retry-After
 MAX_DETAIL_CHARS = 500  # details end up in MongoDB and in API responses: keep them short
 
 
@@ -55,26 +56,6 @@ class AttemptRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def backoff_delay(
-    retry: int,
-    *,
-    base: float,
-    rng: Callable[[], float] = random.random,
-    retry_after: float | None = None,
-    max_delay: float = MAX_DELAY_S,
-) -> float:
-    """The wait before retry number `retry` (0 for the first retry).
-
-    Full jitter (uniform in [0, min(max_delay, base * 2**retry)]) spreads the retries of many notifications
-    that failed together. A Retry-After from the receiver is a floor, capped like everything else.
-    """
-    ceiling = min(max_delay, base * 2.0 ** min(retry, 62))  # the min() keeps 2**retry from overflowing
-    delay = rng() * ceiling
-    if retry_after is not None:
-        delay = max(delay, min(max(retry_after, 0.0), max_delay))
-    return delay
 
 
 async def deliver_with_retry(

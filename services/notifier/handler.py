@@ -3,14 +3,14 @@
 Each notification is keyed by the id of the event that asked for it. A channel that already succeeded (or
 finally failed) for that key is not tried again, so a redelivered RequestCompleted sends nothing twice;
 an explicit NotificationRequested has its own id, and so sends the email again. Every attempt is recorded
-on the request document.
+on the request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import structlog
@@ -18,28 +18,28 @@ import structlog
 from services.notifier.delivery import AttemptRecord, deliver_with_retry
 from services.notifier.mailer import Mailer, attempt_email, build_completion_email
 from services.notifier.webhook import post_webhook
-from shared.events import Event, NotificationRequested, RequestCompleted
-from shared.read_model import output_csv_bytes
+from shared.bus import HandlerMethods
+from shared.events import NotificationRequested, RequestCompleted
+from shared.links import Links
+from shared.output_csv import output_csv
+from shared.repository import AttemptDoc, RequestDoc, RequestRepository, UnknownRequest
 from shared.settings import Settings
-from shared.storage import Store, UnknownRequest
 
 log = structlog.get_logger()
 
-ATTEMPTS_KEPT = 200
-
 
 class Notifier:
-    def __init__(self, store: Store, mailer: Mailer, http: aiohttp.ClientSession, settings: Settings) -> None:
-        self.store = store
+    def __init__(
+        self, repo: RequestRepository, mailer: Mailer, http: aiohttp.ClientSession, settings: Settings
+    ) -> None:
+        self.repo = repo
         self.mailer = mailer
         self.http = http
         self.settings = settings
+        self.links = Links(settings.base_url)
 
-    async def handle(self, event: Event) -> None:
-        assert isinstance(event, RequestCompleted | NotificationRequested)
-        request = await self.store.requests.find_one(
-            {"_id": event.request_id}, projection={"notifications": 0}
-        )
+    async def notify(self, event: RequestCompleted | NotificationRequested) -> None:
+        request = await self.repo.get(event.request_id, notifications=False)
         if request is None:
             raise UnknownRequest(f"no request {event.request_id}")
         key = event.event_id
@@ -50,10 +50,8 @@ class Notifier:
         if isinstance(event, RequestCompleted) and request.get("webhook_url") and "webhook" not in done:
             await self._webhook(request, key, summary)
 
-    async def _email(self, request: dict[str, Any], key: str, summary: dict[str, Any]) -> None:
-        csv_bytes = await output_csv_bytes(
-            self.store, request["_id"], request["columns"], self.settings.base_url
-        )
+    async def _email(self, request: RequestDoc, key: str, summary: dict[str, Any]) -> None:
+        csv_bytes = b"".join([part async for part in output_csv(self.repo, request, self.links)])
         message = build_completion_email(
             to=request["email"],
             sender=self.settings.mail_from,
@@ -70,17 +68,14 @@ class Notifier:
         )
         await self._mark(request["_id"], key, "email", sent)
 
-    async def _webhook(self, request: dict[str, Any], key: str, summary: dict[str, Any]) -> None:
+    async def _webhook(self, request: RequestDoc, key: str, summary: dict[str, Any]) -> None:
+        url = request["webhook_url"]
+        assert url is not None
         payload = {"type": "request.completed", "timestamp": datetime.now(UTC).isoformat(), "data": summary}
         secret = self.settings.webhook_secret.get_secret_value() if self.settings.webhook_secret else None
         delivered = await deliver_with_retry(
             lambda: post_webhook(
-                self.http,
-                request["webhook_url"],
-                payload,
-                message_id=key,
-                secret=secret,
-                timeout=self.settings.notify_timeout,
+                self.http, url, payload, message_id=key, secret=secret, timeout=self.settings.notify_timeout
             ),
             attempts=self.settings.notify_attempts,
             backoff=self.settings.notify_backoff,
@@ -88,8 +83,7 @@ class Notifier:
         )
         await self._mark(request["_id"], key, "webhook", delivered)
 
-    def _summary(self, request: dict[str, Any]) -> dict[str, Any]:
-        base = self.settings.base_url
+    def _summary(self, request: RequestDoc) -> dict[str, Any]:
         return {
             "request_id": request["_id"],
             "status": request["status"],
@@ -97,24 +91,23 @@ class Notifier:
             "compressed": request["no_img_compressed"],
             "failed": request["no_img_failed"],
             "failures": request.get("failures", []),
-            "status_url": f"{base}/status/{request['_id']}",
-            "output_csv_url": f"{base}/output/{request['_id']}",
+            "status_url": self.links.status(request["_id"]),
+            "output_csv_url": self.links.output(request["_id"]),
         }
 
     def _recorder(
         self, request_id: str, key: str, channel: str
     ) -> Callable[[AttemptRecord], Awaitable[None]]:
         async def record(attempt: AttemptRecord) -> None:
-            entry = {"channel": channel, "notification_id": key, **attempt.as_dict()}
-            await self.store.requests.update_one(
-                {"_id": request_id},
-                {"$push": {"notifications": {"$each": [entry], "$slice": -ATTEMPTS_KEPT}}},
-            )
+            entry = cast(AttemptDoc, {"channel": channel, "notification_id": key, **attempt.as_dict()})
+            await self.repo.record_attempt(request_id, entry)
 
         return record
 
     async def _mark(self, request_id: str, key: str, channel: str, ok: bool) -> None:
-        await self.store.requests.update_one(
-            {"_id": request_id}, {"$set": {f"notified.{key}.{channel}": "sent" if ok else "failed"}}
-        )
+        await self.repo.mark_notified(request_id, key, channel, ok)
         log.info("notification_finished", channel=channel, ok=ok, notification_id=key)
+
+
+# Which handler takes which event: the notifier's subscriptions.
+ROUTES: HandlerMethods = {RequestCompleted: Notifier.notify, NotificationRequested: Notifier.notify}

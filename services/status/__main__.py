@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from services.status.projection import StatusProjection
+from services.status.projection import ROUTES, StatusProjection
+from shared.bus import bind
 from shared.runtime import Runtime, run_service
 
 
 async def start(rt: Runtime) -> None:
-    projection = StatusProjection(rt.store, rt.bus)
+    projection = StatusProjection(rt.repo, rt.bus)
     rt.spawn(projection.sweep_forever(), "completion-sweeper")
-    await rt.bus.consume("status", projection.handle, prefetch=32)
+    await rt.bus.subscribe("status", bind(ROUTES, projection), prefetch=32)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our structured logging
-        access_log=False,  # app.AccessLog writes it, with the request_id
+        access_log=False,  # middleware.AccessLog writes it, with the request_id
         timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
 

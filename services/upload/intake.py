@@ -8,20 +8,16 @@ only at the end. A rejected file's rows are deleted.
 from __future__ import annotations
 
 import asyncio
-from contextlib import suppress
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import pymongo
 from email_validator import EmailNotValidError, validate_email
-from pymongo.errors import PyMongoError
 from starlette.datastructures import UploadFile
 
 from services.upload.csv_input import CsvLimits, CsvReader
 from services.upload.errors import problem
 from shared.netguard import BlockedAddressError, check_host_literal
-from shared.storage import ROWS_PER_CHUNK, Doc, Store, row_chunk_key
+from shared.repository import ROWS_PER_CHUNK, RequestDoc, RequestRepository, RowDoc
 
 
 def form_problems(
@@ -64,9 +60,14 @@ def webhook_url_problem(url: str, *, allow_private: bool) -> str | None:
 
 
 async def store_request(
-    store: Store, limits: CsvLimits, request_id: str, file: UploadFile, email: str, webhook_url: str | None
-) -> Doc:
-    """Raises CsvRejected (invalid file) or PyMongoError (storage down); the caller then calls discard()."""
+    repo: RequestRepository,
+    limits: CsvLimits,
+    request_id: str,
+    file: UploadFile,
+    email: str,
+    webhook_url: str | None,
+) -> RequestDoc:
+    """Raises CsvRejected (invalid file) or StorageError (storage down); the caller then discards it."""
     reader = CsvReader(file.file, limits)
     chunks = reader.chunks(ROWS_PER_CHUNK)
     chunk_no = images = products = 0
@@ -74,49 +75,18 @@ async def store_request(
     while (rows := await asyncio.to_thread(next, chunks, None)) is not None:
         if reader.problems:
             continue  # keep reading to report every problem, but store nothing more
-        await store.rows.insert_one(
-            {
-                "_id": row_chunk_key(request_id, chunk_no),
-                "request_id": request_id,
-                "chunk": chunk_no,
-                "first_image": images,
-                "rows": [
-                    {"serial": r.serial, "name": r.name, "urls": list(r.urls), "cells": list(r.cells)}
-                    for r in rows
-                ],
-            }
-        )
+        stored = [RowDoc(serial=r.serial, name=r.name, urls=list(r.urls), cells=list(r.cells)) for r in rows]
+        await repo.add_rows(request_id, chunk_no, images, stored)
         chunk_no += 1
         products += len(rows)
         images += sum(len(r.urls) for r in rows)
     reader.raise_if_invalid()
-    doc = {
-        "_id": request_id,
-        "status": "PENDING",
-        "email": email,
-        "webhook_url": webhook_url,
-        "columns": reader.columns,
-        "total_products": products,
-        "total_images": images,
-        "row_chunks": chunk_no,
-        "no_img_compressed": 0,
-        "no_img_failed": 0,
-        "bytes_in": 0,
-        "bytes_out": 0,
-        "created_at": datetime.now(UTC),
-        # outbox bookkeeping (relay.py)
-        "outbox_pending": True,
-        "published_chunks": 0,
-        "lease_until": datetime.fromtimestamp(0, UTC),
-    }
-    await store.requests.insert_one(doc)
-    return doc
-
-
-async def discard(store: Store, request_id: str) -> None:
-    """Undo a failed upload, best effort. The request document goes first: a write reported as failed may
-    have landed, and the outbox must not publish what the client was told was not accepted. Rows left
-    behind without a request are invisible, only wasted space (the relay also drops such a request)."""
-    with suppress(PyMongoError), pymongo.timeout(2.0):
-        await store.requests.delete_one({"_id": request_id})
-        await store.rows.delete_many({"request_id": request_id})
+    return await repo.create_request(
+        request_id,
+        email=email,
+        webhook_url=webhook_url,
+        columns=reader.columns,
+        total_products=products,
+        total_images=images,
+        row_chunks=chunk_no,
+    )

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
+import uuid
+from datetime import timedelta
 
 import structlog
 from prometheus_client import Counter
 
-from shared.events import Event, ImageRequested
-from shared.storage import Doc, Store, output_file_id, row_chunk_key
+from shared.bus import Publisher
+from shared.events import ImageRequested
+from shared.files import output_file_id
+from shared.repository import RequestDoc, RequestRepository, RowChunkDoc
 
 log = structlog.get_logger()
 
@@ -28,15 +30,12 @@ PUBLISHED = Counter("imagepipe_upload_events_published_total", "ImageRequested e
 LEASE = timedelta(seconds=6)  # renewed every LEASE/3 while publishing
 
 
-class Publisher(Protocol):
-    async def publish_many(self, events: list[Event]) -> None: ...
-
-
 class OutboxRelay:
-    def __init__(self, store: Store, publisher: Publisher, interval: float = 3.0) -> None:
-        self.store = store
+    def __init__(self, repo: RequestRepository, publisher: Publisher, interval: float = 3.0) -> None:
+        self.repo = repo
         self.publisher = publisher
         self.interval = interval
+        self.owner = uuid.uuid4().hex  # this relay's name on the leases it holds
         self._kick = asyncio.Event()
 
     def kick(self) -> None:
@@ -56,31 +55,22 @@ class OutboxRelay:
 
     async def publish_next(self) -> bool:
         """Claim one pending request and publish the rest of its events. False when none is claimable."""
-        # Queries stay on one index each (the flag, then `_id`): SecantusDB scans for anything richer.
-        async for pending in self.store.requests.find({"outbox_pending": True}, projection={"_id": 1}):
-            now = datetime.now(UTC)
-            claimed = await self.store.requests.update_one(
-                {"_id": pending["_id"], "lease_until": {"$lt": now}}, {"$set": {"lease_until": now + LEASE}}
-            )
-            if claimed.modified_count != 1:
+        async for request_id in self.repo.outbox_pending():
+            request = await self.repo.claim_outbox(request_id, self.owner, LEASE)
+            if request is None:
                 continue  # another replica holds it
-            request = await self.store.requests.find_one({"_id": pending["_id"]})
-            assert request is not None
-            with structlog.contextvars.bound_contextvars(request_id=request["_id"]):
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
                 try:
                     await self._publish_holding_lease(request)
                 except Exception:
                     # Give the lease back, or the retry a few seconds from now would find it still held.
                     with contextlib.suppress(Exception):
-                        await self.store.requests.update_one(
-                            {"_id": request["_id"], "outbox_pending": True},
-                            {"$set": {"lease_until": datetime.fromtimestamp(0, UTC)}},
-                        )
+                        await self.repo.release_outbox(request_id, self.owner)
                     raise
             return True
         return False
 
-    async def _publish_holding_lease(self, request: Doc) -> None:
+    async def _publish_holding_lease(self, request: RequestDoc) -> None:
         renewing = asyncio.create_task(self._renew_lease(request["_id"]))
         try:
             await self._publish(request)
@@ -93,47 +83,37 @@ class OutboxRelay:
         while True:
             await asyncio.sleep(LEASE.total_seconds() / 3)
             with contextlib.suppress(Exception):  # a database blip: the next renewal may get through
-                await self.store.requests.update_one(
-                    {"_id": request_id, "outbox_pending": True},
-                    {"$set": {"lease_until": datetime.now(UTC) + LEASE}},
-                )
+                if not await self.repo.renew_outbox(request_id, self.owner, LEASE):
+                    log.warning("outbox_lease_lost")
+                    return
 
-    async def _publish(self, request: Doc) -> None:
+    async def _publish(self, request: RequestDoc) -> None:
         request_id = request["_id"]
         for chunk_no in range(request["published_chunks"], request["row_chunks"]):
-            chunk = await self.store.rows.find_one({"_id": row_chunk_key(request_id, chunk_no)})
+            chunk = await self.repo.row_chunk(request_id, chunk_no)
             if chunk is None:
                 # Only a request whose upload failed after its document was written (the client was told
                 # 503, nothing accepted) lacks rows: it is not ours to publish, and must not block others.
                 log.error("outbox_request_without_rows_dropped", chunk=chunk_no)
-                await self.store.requests.update_one(
-                    {"_id": request_id}, {"$unset": {"outbox_pending": "", "lease_until": ""}}
-                )
+                await self.repo.finish_outbox(request_id, published=False)
                 return
-            events: list[Event] = []
-            index = chunk["first_image"]
-            for row in chunk["rows"]:
-                for url in row["urls"]:
-                    events.append(
-                        ImageRequested(
-                            request_id=request_id,
-                            index=index,
-                            url=url,
-                            file_id=output_file_id(request_id, index),
-                        )
-                    )
-                    index += 1
+            events = _image_requests(chunk)
             await self.publisher.publish_many(events)
             PUBLISHED.inc(len(events))
-            await self.store.requests.update_one(
-                {"_id": request_id},
-                {"$set": {"published_chunks": chunk_no + 1, "lease_until": datetime.now(UTC) + LEASE}},
-            )
-        await self.store.requests.update_one(
-            {"_id": request_id},
-            {
-                "$unset": {"outbox_pending": "", "lease_until": ""},
-                "$set": {"published_at": datetime.now(UTC)},
-            },
-        )
+            await self.repo.record_published(request_id, self.owner, chunk_no + 1, LEASE)
+        await self.repo.finish_outbox(request_id, published=True)
         log.info("request_published", images=request["total_images"])
+
+
+def _image_requests(chunk: RowChunkDoc) -> list[ImageRequested]:
+    request_id, index = chunk["request_id"], chunk["first_image"]
+    events = []
+    for row in chunk["rows"]:
+        for url in row["urls"]:
+            events.append(
+                ImageRequested(
+                    request_id=request_id, index=index, url=url, file_id=output_file_id(request_id, index)
+                )
+            )
+            index += 1
+    return events

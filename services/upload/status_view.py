@@ -8,24 +8,25 @@ concurrent misses share one rendering. Progress shown is about a second behind a
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from datetime import datetime
 from typing import Any, Literal
 
-from shared.read_model import image_url, iter_rows
-from shared.storage import Doc, Store
+import orjson
+
+from shared.links import Links
+from shared.repository import OutcomeDoc, OutcomeStatus, RequestDoc, RequestRepository, RequestStatus, RowDoc
 
 View = Literal["full", "summary"]
 
 
 async def render_status(
-    store: Store, request: Doc, base_url: str, offset: int, limit: int, view: View
+    repo: RequestRepository, request: RequestDoc, links: Links, offset: int, limit: int, view: View
 ) -> bytes:
     request_id = request["_id"]
     done = request["no_img_compressed"] + request["no_img_failed"]
+    completed = request["status"] == RequestStatus.COMPLETED
     body: dict[str, Any] = {
         "request_id": request_id,
         "status": request["status"],
@@ -39,36 +40,34 @@ async def render_status(
         "created_at": request["created_at"],
         "completed_at": request.get("completed_at"),
         "failures": request.get("failures", []),
-        "output_csv_url": f"{base_url}/output/{request_id}" if request["status"] == "COMPLETED" else None,
+        "output_csv_url": links.output(request_id) if completed else None,
     }
     if view == "full":
         body["product_details"] = [
-            {
-                "serial_number": row["serial"],
-                "product_name": row["name"],
-                "input_urls": row["urls"],
-                "output_urls": [
-                    image_url(base_url, o["file_id"]) if o and o["status"] == "COMPRESSED" else None
-                    for o in outcomes
-                ],
-                "failed": [
-                    {"url": o["url"], "reason": o["reason"]}
-                    for o in outcomes
-                    if o and o["status"] == "FAILED"
-                ],
-            }
-            async for row, outcomes in iter_rows(store, request_id, offset, limit)
+            _product(row, outcomes, links)
+            async for row, outcomes in repo.rows_with_outcomes(request_id, offset, limit)
         ]
         body["page"] = {"offset": offset, "limit": limit, "total_products": request["total_products"]}
         body["notifications"] = request.get("notifications", [])
     # Serialised directly: FastAPI's generic encoder costs more than the rest of the request.
-    return json.dumps(body, default=_json_default).encode()
+    return orjson.dumps(body)
 
 
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def _product(row: RowDoc, outcomes: list[OutcomeDoc | None], links: Links) -> dict[str, Any]:
+    return {
+        "serial_number": row["serial"],
+        "product_name": row["name"],
+        "input_urls": row["urls"],
+        "output_urls": [
+            links.image(o.get("file_id", "")) if o and o["status"] == OutcomeStatus.COMPRESSED else None
+            for o in outcomes
+        ],
+        "failed": [
+            {"url": o["url"], "reason": o.get("reason", "")}
+            for o in outcomes
+            if o and o["status"] == OutcomeStatus.FAILED
+        ],
+    }
 
 
 class ShortLivedCache:

@@ -10,7 +10,7 @@ from gridfs import AsyncGridFSBucket
 from pymongo import AsyncMongoClient
 
 from localrun.samples import photo
-from services.notifier.webhook import verify
+from shared.webhooks import verify
 from tests.conftest import eventually
 from tests.e2e.conftest import WEBHOOK_SECRET
 from tests.stack import Stack, csv_attachment

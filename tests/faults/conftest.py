@@ -26,10 +26,11 @@ from pymongo import AsyncMongoClient
 
 from localrun.samples import photo
 from localrun.supervisor import wait_for_port
-from shared.bus import SUBSCRIPTIONS, Topology
+from shared.bus import Topology
 from shared.events import RequestCompleted
+from shared.mongo import Doc, Mongo, connect_mongo
+from shared.repository import image_key
 from shared.settings import Settings
-from shared.storage import Doc, Store, connect_store, image_key
 from tests.conftest import AMQP_URL, delete_topology, eventually, make_settings
 from tests.origin import Origin
 from tests.stack import Stack, start_stack
@@ -101,16 +102,16 @@ def make_batch(
     return Batch(out.getvalue(), expected)
 
 
-async def outcomes_recorded(store: Store, request_id: str) -> int:
-    return await store.images.count_documents({"request_id": request_id})
+async def outcomes_recorded(mongo: Mongo, request_id: str) -> int:
+    return await mongo.images.count_documents({"request_id": request_id})
 
 
-async def assert_exact(store: Store, request_id: str, batch: Batch, outputs_stored: bool = True) -> Doc:
+async def assert_exact(mongo: Mongo, request_id: str, batch: Batch, outputs_stored: bool = True) -> Doc:
     """The read model, image by image: one outcome per index with the right status, counters that equal
     those outcomes, a stored output for every compressed image, and the request COMPLETED."""
-    request = await store.requests.find_one({"_id": request_id})
+    request = await mongo.requests.find_one({"_id": request_id})
     assert request is not None
-    outcomes = [doc async for doc in store.images.find({"request_id": request_id})]
+    outcomes = [doc async for doc in mongo.images.find({"request_id": request_id})]
     per_index = Counter(doc["index"] for doc in outcomes)
     problems = [f"index {i} has {n} outcomes" for i, n in per_index.items() if n != 1]
     problems += [f"index {i} has no outcome" for i in range(batch.size) if i not in per_index]
@@ -141,7 +142,7 @@ async def assert_exact(store: Store, request_id: str, batch: Batch, outputs_stor
     # Nothing lost on the way to storage either: each compressed outcome points at its stored output.
     file_ids = {d["file_id"] for d in outcomes if d["status"] == COMPRESSED}
     stored = {
-        d["_id"] async for d in store.files.find({"_id": {"$in": sorted(file_ids)}}, projection={"_id": 1})
+        d["_id"] async for d in mongo.files.find({"_id": {"$in": sorted(file_ids)}}, projection={"_id": 1})
     }
     assert stored == file_ids, f"{len(file_ids - stored)} compressed images have no stored output"
     return request
@@ -208,10 +209,10 @@ async def stack(start: StackFactory) -> Stack:
 
 
 @pytest.fixture
-async def store(stack: Stack) -> AsyncIterator[Store]:
-    store = connect_store(stack.settings)
-    yield store
-    await store.close()
+async def mongo(stack: Stack) -> AsyncIterator[Mongo]:
+    mongo = connect_mongo(stack.settings)
+    yield mongo
+    await mongo.close()
 
 
 async def run_batch(stack: Stack, batch: Batch, **fields: str) -> str:
@@ -220,7 +221,7 @@ async def run_batch(stack: Stack, batch: Batch, **fields: str) -> str:
     return str(accepted["request_id"])
 
 
-async def wait_completed(stack: Stack, store: Store, request_id: str, timeout: float = 60) -> None:
+async def wait_completed(stack: Stack, mongo: Mongo, request_id: str, timeout: float = 60) -> None:
     """Until GET /status says COMPLETED, restarting what died meanwhile (as `make run` does) and riding
     out an API that is restarting; on timeout, says how far the request got."""
 
@@ -234,18 +235,18 @@ async def wait_completed(stack: Stack, store: Store, request_id: str, timeout: f
     try:
         await eventually(completed, timeout=timeout, interval=0.25)
     except AssertionError:
-        request = await store.requests.find_one({"_id": request_id}, projection={"rows": 0, "failures": 0})
-        recorded = await outcomes_recorded(store, request_id)
+        request = await mongo.requests.find_one({"_id": request_id}, projection={"rows": 0, "failures": 0})
+        recorded = await outcomes_recorded(mongo, request_id)
         raise AssertionError(
             f"not completed in {timeout} s: {recorded} outcomes; request: {request}"
         ) from None
 
 
-async def wait_for_outcomes(store: Store, request_id: str, at_least: int, timeout: float = 30) -> None:
+async def wait_for_outcomes(mongo: Mongo, request_id: str, at_least: int, timeout: float = 30) -> None:
     """Until some of the batch is done: the moment a fault hits mid-batch."""
 
     async def enough() -> bool:
-        return await outcomes_recorded(store, request_id) >= at_least
+        return await outcomes_recorded(mongo, request_id) >= at_least
 
     await eventually(enough, timeout=timeout, interval=0.05)
 
@@ -368,21 +369,15 @@ class ChokingProxy:
                 writer.close()
 
 
-async def queue_depths(settings: Settings, services: Iterable[str] = SUBSCRIPTIONS) -> dict[str, int]:
+async def queue_depths(
+    settings: Settings, services: Iterable[str] = ("compressor", "status", "notifier")
+) -> dict[str, int]:
     """Messages waiting (ready) in every queue of `services`, dead-letter and retry queues included.
 
     Asked of each queue directly: `rabbitmqctl list_queues` reports quorum queues up to 5 s late.
     """
     t = Topology(settings.bus_prefix, tuple(settings.retry_delays_ms))
-    names = [
-        name
-        for service in services
-        for name in (
-            t.queue(service),
-            t.dead_letter_queue(service),
-            *(t.retry_queue(service, d) for d in t.retry_delays_ms),
-        )
-    ]
+    names = [name for service in services for name in t.queues(service)]
     depths = {}
     async with await aio_pika.connect(settings.amqp_url) as connection:
         channel = await connection.channel()

@@ -8,7 +8,8 @@ import pytest
 
 from shared.bus import EventBus
 from shared.events import Event, ImageCompressed, ImageFailed
-from shared.storage import Store, connect_store, output_file_id
+from shared.files import output_file_id
+from shared.mongo import Mongo, connect_mongo
 from tests.conftest import eventually
 from tests.faults.conftest import (
     COMPRESSED,
@@ -28,16 +29,16 @@ pytestmark = pytest.mark.faults
 
 
 async def test_a_webhook_that_fails_twice_is_delivered_once_with_its_attempts_recorded(
-    stack: Stack, store: Store
+    stack: Stack, mongo: Mongo
 ) -> None:
     stack.origin.webhook_failures = 2
     batch = make_batch(stack.origin)
     request_id = await run_batch(stack, batch, webhook_url=f"{stack.origin.base_url}/hook")
 
-    await wait_completed(stack, store, request_id)
+    await wait_completed(stack, mongo, request_id)
 
     async def webhook_done() -> dict | None:
-        request = await store.requests.find_one({"_id": request_id})
+        request = await mongo.requests.find_one({"_id": request_id})
         assert request is not None
         marks = request.get("notified", {}).values()
         return request if any("webhook" in m for m in marks) else None
@@ -60,7 +61,7 @@ async def test_a_webhook_that_fails_twice_is_delivered_once_with_its_attempts_re
     shown = [n for n in status["notifications"] if n["channel"] == "webhook"]
     assert [(n["attempt"], n["outcome"]) for n in shown] == [(1, "retryable"), (2, "retryable"), (3, "ok")]
     await assert_drained(stack)
-    await assert_exact(store, request_id, batch)
+    await assert_exact(mongo, request_id, batch)
 
 
 async def test_fifty_concurrent_duplicates_of_the_final_outcome_complete_the_request_once(
@@ -70,7 +71,7 @@ async def test_fifty_concurrent_duplicates_of_the_final_outcome_complete_the_req
     stack = await start(compressors=0)
     spy = CompletionSpy(stack.settings)
     await spy.bind()
-    store = connect_store(stack.settings)
+    mongo = connect_mongo(stack.settings)
     bus = EventBus(stack.settings)
     await bus.connect()
     try:
@@ -92,18 +93,18 @@ async def test_fifty_concurrent_duplicates_of_the_final_outcome_complete_the_req
         ]
         *first, final = outcomes
         await bus.publish_many(first)
-        await wait_for_outcomes(store, request_id, at_least=len(first))
+        await wait_for_outcomes(mongo, request_id, at_least=len(first))
 
         await asyncio.gather(*(bus.publish(final) for _ in range(50)))
 
-        await wait_completed(stack, store, request_id)
+        await wait_completed(stack, mongo, request_id)
         await assert_notified_once(stack, spy, request_id)
         await assert_drained(stack, services=("status", "notifier"))
-        request = await assert_exact(store, request_id, batch, outputs_stored=False)
+        request = await assert_exact(mongo, request_id, batch, outputs_stored=False)
         assert request["bytes_in"] == sum(
             1000 + i for i, (_, s) in enumerate(batch.expected) if s == COMPRESSED
         )
     finally:
         await bus.close()
-        await store.close()
+        await mongo.close()
         await spy.delete()

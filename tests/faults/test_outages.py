@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from localrun.supervisor import Supervisor, free_port, secantus_argv, secantus_url, wait_for_port
-from shared.storage import Store, connect_store
+from shared.mongo import Mongo, connect_mongo
 from tests.faults.conftest import (
     CompletionSpy,
     StackFactory,
@@ -33,23 +33,23 @@ pytestmark = pytest.mark.faults
 
 
 async def test_services_reconnect_after_a_broker_restart_mid_batch(
-    stack: Stack, store: Store, spy: CompletionSpy
+    stack: Stack, mongo: Mongo, spy: CompletionSpy
 ) -> None:
     batch = make_batch(stack.origin, delay=0.1)
     request_id = await run_batch(stack, batch)
 
-    await wait_for_outcomes(store, request_id, at_least=20)
+    await wait_for_outcomes(mongo, request_id, at_least=20)
     try:
         await asyncio.to_thread(rabbitmqctl, "stop_app")
-        assert await outcomes_recorded(store, request_id) < batch.size, "the batch finished before the outage"
+        assert await outcomes_recorded(mongo, request_id) < batch.size, "the batch finished before the outage"
         await asyncio.sleep(1.0)  # long enough for every service to notice and start reconnecting
     finally:
         await asyncio.to_thread(broker_up)  # the machine's broker: up again whatever happened
 
-    await wait_completed(stack, store, request_id)
+    await wait_completed(stack, mongo, request_id)
     await assert_notified_once(stack, spy, request_id)
     await assert_drained(stack)
-    await assert_exact(store, request_id, batch)
+    await assert_exact(mongo, request_id, batch)
 
 
 @dataclass
@@ -90,19 +90,19 @@ async def test_a_database_restart_mid_batch_loses_and_duplicates_nothing(
     database: Database, start: StackFactory
 ) -> None:
     stack = await start(mongo_url=database.url)
-    store = connect_store(stack.settings)
+    mongo = connect_mongo(stack.settings)
     try:
         batch = make_batch(stack.origin, delay=0.1)
         request_id = await run_batch(stack, batch)
 
-        await wait_for_outcomes(store, request_id, at_least=40)
+        await wait_for_outcomes(mongo, request_id, at_least=40)
         database.kill()  # kill -9: same port and storage when it comes back
         await asyncio.sleep(1.0)
         database.start()
-        assert await outcomes_recorded(store, request_id) < batch.size, "the batch finished before the outage"
+        assert await outcomes_recorded(mongo, request_id) < batch.size, "the batch finished before the outage"
 
-        await wait_completed(stack, store, request_id)
+        await wait_completed(stack, mongo, request_id)
         await assert_drained(stack)
-        await assert_exact(store, request_id, batch)
+        await assert_exact(mongo, request_id, batch)
     finally:
-        await store.close()
+        await mongo.close()

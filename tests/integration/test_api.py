@@ -9,10 +9,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from services.notifier.webhook import signed_headers
 from services.upload.app import create_app
+from shared.mongo import Mongo
 from shared.settings import Settings
-from shared.storage import Store
+from shared.webhooks import signed_headers
 
 GOOD_CSV = 'S. No.,Product Name,Input Image Urls\n1,SKU1,"https://img.example.com/a.jpg, https://img.example.com/b.jpg"\n'
 
@@ -26,7 +26,7 @@ async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def api(settings: Settings, store: Store) -> AsyncIterator[httpx.AsyncClient]:
+async def api(settings: Settings, mongo: Mongo) -> AsyncIterator[httpx.AsyncClient]:
     async for client in client_for(settings):
         yield client
 
@@ -38,7 +38,7 @@ async def post_csv(api: httpx.AsyncClient, body: bytes | str, **data: Any) -> ht
     )
 
 
-async def test_accepted_upload_is_durable_and_visible_at_once(api: httpx.AsyncClient, store: Store) -> None:
+async def test_accepted_upload_is_durable_and_visible_at_once(api: httpx.AsyncClient, mongo: Mongo) -> None:
     response = await post_csv(api, GOOD_CSV)
     assert response.status_code == 202
     body = response.json()
@@ -88,7 +88,7 @@ async def test_missing_file_is_a_bad_request(api: httpx.AsyncClient) -> None:
 
 
 async def test_a_rejected_csv_names_row_column_and_reason_and_stores_nothing(
-    api: httpx.AsyncClient, store: Store
+    api: httpx.AsyncClient, mongo: Mongo
 ) -> None:
     bad = "S. No.,Product Name,Input Image Urls\n1,,https://a.example/x.jpg\n1,B,ftp://a.example/y.jpg\n"
     response = await post_csv(api, bad)
@@ -98,8 +98,8 @@ async def test_a_rejected_csv_names_row_column_and_reason_and_stores_nothing(
     located = {(p["row"], p["column"]) for p in body["problems"]}
     assert (2, "Product Name") in located
     assert (3, "S. No.") in located and (3, "Input Image Urls") in located
-    assert await store.rows.count_documents({}) == 0
-    assert await store.requests.count_documents({}) == 0
+    assert await mongo.rows.count_documents({}) == 0
+    assert await mongo.requests.count_documents({}) == 0
 
 
 async def test_not_a_csv_is_unsupported(api: httpx.AsyncClient) -> None:
@@ -108,7 +108,7 @@ async def test_not_a_csv_is_unsupported(api: httpx.AsyncClient) -> None:
     assert "PNG" in response.json()["problems"][0]["reason"]
 
 
-async def test_an_oversized_upload_is_refused_with_413(settings: Settings, store: Store) -> None:
+async def test_an_oversized_upload_is_refused_with_413(settings: Settings, mongo: Mongo) -> None:
     small = settings.model_copy(update={"max_csv_bytes": 1000})
     async for api in client_for(small):
         big = GOOD_CSV + "".join(f'{n},P{n},"https://img.example.com/{n}.jpg"\n' for n in range(2, 2000))
@@ -117,7 +117,7 @@ async def test_an_oversized_upload_is_refused_with_413(settings: Settings, store
         assert response.json()["problems"][0]["reason"]
 
 
-async def test_limits_on_rows_are_settings(settings: Settings, store: Store) -> None:
+async def test_limits_on_rows_are_settings(settings: Settings, mongo: Mongo) -> None:
     limited = settings.model_copy(update={"max_rows": 2})
     async for api in client_for(limited):
         rows = GOOD_CSV + '2,B,"https://img.example.com/c.jpg"\n3,C,"https://img.example.com/d.jpg"\n'
@@ -147,7 +147,7 @@ class TestApiKeys:
     SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
     @pytest.fixture
-    async def secured(self, settings: Settings, store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    async def secured(self, settings: Settings, mongo: Mongo) -> AsyncIterator[httpx.AsyncClient]:
         s = settings.model_copy(
             update={"api_keys": [SecretStr(self.KEY)], "webhook_secret": SecretStr(self.SECRET)}
         )
@@ -217,7 +217,7 @@ async def test_bad_parameters_get_the_same_error_shape(api: httpx.AsyncClient) -
 
 
 async def test_a_replayed_outgoing_webhook_cannot_trigger_a_re_notify(
-    settings: Settings, store: Store
+    settings: Settings, mongo: Mongo
 ) -> None:
     """The signature covers the body only: a signed webhook payload (no top-level request_id) replayed
     with a request_id in the query must not be taken as authorisation for that request."""
@@ -233,7 +233,7 @@ async def test_a_replayed_outgoing_webhook_cannot_trigger_a_re_notify(
         assert replay.status_code == 400
 
 
-async def test_an_empty_configured_key_never_authenticates(settings: Settings, store: Store) -> None:
+async def test_an_empty_configured_key_never_authenticates(settings: Settings, mongo: Mongo) -> None:
     s = settings.model_copy(update={"api_keys": [SecretStr("")]})
     async for api in client_for(s):
         assert (await api.get("/status/" + "x" * 22)).status_code == 401

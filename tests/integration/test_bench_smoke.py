@@ -92,7 +92,7 @@ def test_profile_samples_are_sorted_into_categories() -> None:
     raw = "\n".join(
         [
             'process 1:"python -m services.compressor";<module> (services/compressor/__main__.py:30);'
-            "handle (services/compressor/handler.py:90);put_file (shared/storage.py:120);"
+            "handle (services/compressor/handler.py:90);put (shared/files.py:120);"
             "insert_many (pymongo/asynchronous/collection.py:900) 3",
             'process 1:"python -m services.compressor";process 2:"python -c spawn_main()";'
             "_worker (concurrent/futures/process.py:250);compress (services/compressor/codec.py:120);"

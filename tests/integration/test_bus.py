@@ -30,7 +30,7 @@ async def test_published_event_reaches_the_subscribed_service(bus: EventBus) -> 
     async def handler(event: Event) -> None:
         seen.append(event)
 
-    await bus.consume("compressor", handler, prefetch=4)
+    await bus.subscribe("compressor", {ImageRequested: handler}, prefetch=4)
     await bus.publish(requested(7))
 
     await eventually(lambda: seen)
@@ -48,7 +48,7 @@ async def test_a_failing_handler_is_retried_with_delay_then_succeeds(bus: EventB
         if len(attempts) < 3:
             raise RuntimeError("transient")
 
-    await bus.consume("compressor", flaky, prefetch=4)
+    await bus.subscribe("compressor", {ImageRequested: flaky}, prefetch=4)
     await bus.publish(requested())
 
     await eventually(lambda: len(attempts) == 3, timeout=10)
@@ -68,7 +68,7 @@ async def test_a_message_that_always_fails_is_parked_and_reported(bus: EventBus,
     async def on_parked(event: Event, reason: str) -> None:
         parked.append((event, reason))
 
-    await bus.consume("compressor", broken, prefetch=4, on_parked=on_parked)
+    await bus.subscribe("compressor", {ImageRequested: broken}, prefetch=4, on_parked=on_parked)
     await bus.publish(requested(3))
 
     await eventually(lambda: parked, timeout=10)
@@ -87,7 +87,7 @@ async def test_a_malformed_message_is_parked_without_stopping_the_consumer(
     async def handler(event: Event) -> None:
         seen.append(event)
 
-    await bus.consume("status", handler, prefetch=4)
+    await bus.subscribe("status", {ImageFailed: handler}, prefetch=4)
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         channel = await connection.channel()

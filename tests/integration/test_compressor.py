@@ -11,8 +11,9 @@ from localrun.samples import photo
 from services.compressor.fetch import FetchPolicy, SafeFetcher
 from services.compressor.handler import CodecPool, Compressor
 from shared.events import ImageCompressed, ImageFailed, ImageRequested
+from shared.files import GridFsImageStore, output_file_id
+from shared.mongo import Mongo
 from shared.settings import Settings
-from shared.storage import Store, output_file_id
 from tests.fakes import RecordingPublisher
 from tests.origin import Origin
 
@@ -32,9 +33,16 @@ async def origin() -> AsyncIterator[Origin]:
 
 
 @pytest.fixture
-async def compressor(settings: Settings, store: Store, codec: CodecPool) -> AsyncIterator[Compressor]:
+async def compressor(settings: Settings, mongo: Mongo, codec: CodecPool) -> AsyncIterator[Compressor]:
     fetcher = SafeFetcher(FetchPolicy.from_settings(settings))
-    yield Compressor(store, RecordingPublisher(), fetcher, codec, quality=50, max_pixels=settings.max_pixels)
+    yield Compressor(
+        GridFsImageStore(mongo),
+        RecordingPublisher(),
+        fetcher,
+        codec,
+        quality=50,
+        max_pixels=settings.max_pixels,
+    )
     await fetcher.close()
 
 
@@ -45,13 +53,13 @@ def requested(origin: Origin, name: str, index: int = 0, request_id: str = "req-
 
 
 async def test_a_redelivered_request_stores_one_file_and_reports_the_same_outcome(
-    compressor: Compressor, origin: Origin, store: Store
+    compressor: Compressor, origin: Origin, mongo: Mongo
 ) -> None:
     origin.images["a.jpg"] = photo(400, 300, seed=1)
     event = requested(origin, "a.jpg")
 
-    await compressor.handle(event)
-    await compressor.handle(event)
+    await compressor.compress(event)
+    await compressor.compress(event)
 
     published = compressor.publisher.events  # type: ignore[attr-defined]
     assert [type(e) for e in published] == [ImageCompressed, ImageCompressed]
@@ -62,13 +70,15 @@ async def test_a_redelivered_request_stores_one_file_and_reports_the_same_outcom
         second.input_bytes,
     )
     assert origin.hits["a.jpg"] == 1, "the second delivery found the stored output and did not refetch"
-    assert await store.files.count_documents({"_id": event.file_id}) == 1
-    stored = await (await store.open_file(event.file_id)).read()
+    assert await mongo.files.count_documents({"_id": event.file_id}) == 1
+    download = await compressor.images.open(event.file_id)
+    assert download is not None
+    stored = b"".join([chunk async for chunk in download.chunks])
     assert len(stored) == first.output_bytes < first.input_bytes
 
 
 async def test_a_bad_url_fails_the_image_with_a_reason(compressor: Compressor, origin: Origin) -> None:
-    await compressor.handle(requested(origin, "nope.jpg"))
+    await compressor.compress(requested(origin, "nope.jpg"))
     (failed,) = compressor.publisher.events  # type: ignore[attr-defined]
     assert isinstance(failed, ImageFailed) and "404" in failed.reason
 
@@ -83,7 +93,7 @@ async def test_a_slow_download_does_not_stall_other_images(compressor: Compresso
     start = loop.time()
 
     async def run(name: str, index: int) -> None:
-        await compressor.handle(requested(origin, name, index))
+        await compressor.compress(requested(origin, name, index))
         finished[name] = loop.time() - start
 
     await asyncio.gather(run("slow.jpg", 0), *(run(f"fast{n}.jpg", n + 1) for n in range(6)))

@@ -22,15 +22,10 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from PIL import Image
 
-from services.compressor.fetch import (
-    FetchError,
-    FetchPolicy,
-    SafeFetcher,
-    describe_non_image,
-    parse_retry_after,
-    sniff_image,
-)
+from services.compressor.fetch import FetchError, FetchPolicy, SafeFetcher
+from shared.magic import describe_non_image, sniff_image
 from shared.netguard import BlockedAddressError, guarded_session
+from shared.retry import parse_retry_after
 from shared.settings import Settings
 from tests.fake_dns import StaticResolver
 
@@ -141,7 +136,7 @@ async def test_html_served_as_jpeg_fails_permanently(origin: Origin) -> None:
 
     origin.routes["/a.jpg"] = handler
     err = await fetch_error(origin.url("/a.jpg"))
-    assert err.permanent
+    assert not err.retryable
     assert err.reason == "not an image (looks like HTML)"
     assert origin.hits["/a.jpg"] == 1  # not retried
 
@@ -168,7 +163,7 @@ async def test_empty_body_is_not_an_image(origin: Origin) -> None:
 
     origin.routes["/empty"] = handler
     err = await fetch_error(origin.url("/empty"))
-    assert (err.reason, err.permanent) == ("not an image (empty body)", True)
+    assert (err.reason, err.retryable) == ("not an image (empty body)", False)
 
 
 # --- size limits ---------------------------------------------------------------------------------------
@@ -197,7 +192,7 @@ async def test_endless_body_is_cut_off_at_max_bytes(origin: Origin) -> None:
 
     origin.routes["/huge"] = handler
     err = await fetch_error(origin.url("/huge"), max_bytes=256 * 1024)
-    assert (err.reason, err.permanent) == ("body exceeds 256 KB limit", True)
+    assert (err.reason, err.retryable) == ("body exceeds 256 KB limit", False)
     await asyncio.wait_for(finished.wait(), 5)
     # Only what the sockets' buffers could absorb got out; a client reading on would have taken all of it.
     assert sent < total // 2
@@ -210,7 +205,7 @@ async def test_declared_oversize_body_is_refused_before_reading(origin: Origin) 
 
     origin.routes["/big"] = handler
     err = await fetch_error(origin.url("/big"), max_bytes=1024 * 1024)
-    assert err.permanent
+    assert not err.retryable
     assert err.reason.startswith("body exceeds 1 MB limit (Content-Length 2 MB")
 
 
@@ -226,7 +221,7 @@ async def test_body_at_exactly_max_bytes_is_accepted(origin: Origin) -> None:
 
 async def test_404_fails_at_once(origin: Origin) -> None:
     err = await fetch_error(origin.url("/missing.png"))
-    assert (err.reason, err.permanent) == ("HTTP 404 from origin", True)
+    assert (err.reason, err.retryable) == ("HTTP 404 from origin", False)
     assert origin.hits["/missing.png"] == 1
 
 
@@ -247,7 +242,7 @@ async def test_persistent_5xx_gives_up_after_all_attempts(origin: Origin) -> Non
 
     origin.routes["/down"] = handler
     err = await fetch_error(origin.url("/down"), attempts=3)
-    assert (err.reason, err.permanent) == ("HTTP 502 from origin after 3 attempts", False)
+    assert (err.reason, err.retryable) == ("HTTP 502 from origin after 3 attempts", True)
     assert origin.hits["/down"] == 3
 
 
@@ -280,7 +275,7 @@ async def test_retry_after_beyond_the_time_budget_gives_up_at_once(origin: Origi
     started = time.monotonic()
     err = await fetch_error(origin.url("/maint"), total_timeout=2.0)
     assert time.monotonic() - started < 1.0
-    assert not err.permanent
+    assert err.retryable
     assert err.reason == "HTTP 503 from origin; no time left for a retry after 1 attempt"
     assert origin.hits["/maint"] == 1
 
@@ -293,7 +288,7 @@ async def test_slow_headers_time_out_and_are_retried(origin: Origin) -> None:
     origin.routes["/slow"] = handler
     started = time.monotonic()
     err = await fetch_error(origin.url("/slow"), read_timeout=0.2, attempts=2)
-    assert (err.reason, err.permanent) == ("timed out after 2 attempts", False)
+    assert (err.reason, err.retryable) == ("timed out after 2 attempts", True)
     assert origin.hits["/slow"] == 2
     assert 0.4 <= time.monotonic() - started < 1.5
 
@@ -308,7 +303,7 @@ async def test_stalled_body_times_out(origin: Origin) -> None:
 
     origin.routes["/trickle"] = handler
     err = await fetch_error(origin.url("/trickle"), read_timeout=0.2, attempts=1)
-    assert (err.reason, err.permanent) == ("timed out after 1 attempt", False)
+    assert (err.reason, err.retryable) == ("timed out after 1 attempt", True)
 
 
 async def test_total_budget_bounds_the_whole_fetch(origin: Origin) -> None:
@@ -321,7 +316,7 @@ async def test_total_budget_bounds_the_whole_fetch(origin: Origin) -> None:
     err = await fetch_error(origin.url("/slow"), read_timeout=10, total_timeout=0.3)
     assert time.monotonic() - started < 1.0
     assert err.reason == "timed out after 1 attempt (0.3 s limit)"
-    assert not err.permanent
+    assert err.retryable
 
 
 async def test_connection_refused_is_transient() -> None:
@@ -329,7 +324,7 @@ async def test_connection_refused_is_transient() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens once closed
     err = await fetch_error(f"http://127.0.0.1:{port}/a.png", attempts=2)
-    assert (err.reason, err.permanent) == (f"could not connect to 127.0.0.1:{port} after 2 attempts", False)
+    assert (err.reason, err.retryable) == (f"could not connect to 127.0.0.1:{port} after 2 attempts", True)
 
 
 async def test_a_slow_download_does_not_stall_others(origin: Origin) -> None:
@@ -373,7 +368,7 @@ async def test_redirect_chain_within_the_limit_is_followed(origin: Origin) -> No
 async def test_redirect_chain_over_the_limit_fails(origin: Origin) -> None:
     _chain(origin)
     err = await fetch_error(origin.url("/r/4"), max_redirects=3)
-    assert (err.reason, err.permanent) == ("too many redirects (more than 3)", True)
+    assert (err.reason, err.retryable) == ("too many redirects (more than 3)", False)
     assert origin.hits["/r/0"] == 0
     assert origin.hits["/r/4"] == 1  # permanent: not retried
 
@@ -416,7 +411,7 @@ async def test_redirect_to_a_refused_address_fails_before_connecting(
     origin.routes["/a.png"] = png_route()
     resolver = StaticResolver({"metadata.test": ["169.254.169.254"]})
     err = await fetch_error(_redirect_to(origin, target.format(port=origin.port)), resolver)
-    assert (err.reason, err.permanent) == (reason, True)
+    assert (err.reason, err.retryable) == (reason, False)
     assert origin.hits["/go"] == 1  # refusals are not retried
     assert origin.hits["/a.png"] == 0
 
@@ -434,7 +429,7 @@ async def test_redirect_to_a_refused_address_fails_before_connecting(
 )
 async def test_redirect_to_a_bad_scheme_fails(origin: Origin, target: str, reason: str) -> None:
     err = await fetch_error(_redirect_to(origin, target))
-    assert (err.reason, err.permanent) == (reason, True)
+    assert (err.reason, err.retryable) == (reason, False)
 
 
 async def test_redirect_without_location_fails(origin: Origin) -> None:
@@ -443,7 +438,7 @@ async def test_redirect_without_location_fails(origin: Origin) -> None:
 
     origin.routes["/go"] = handler
     err = await fetch_error(origin.url("/go"))
-    assert (err.reason, err.permanent) == ("HTTP 302 redirect without a Location", True)
+    assert (err.reason, err.retryable) == ("HTTP 302 redirect without a Location", False)
 
 
 # --- URL and address policy ----------------------------------------------------------------------------
@@ -464,7 +459,7 @@ async def test_redirect_without_location_fails(origin: Origin) -> None:
 )
 async def test_bad_urls_fail_without_a_request(origin: Origin, url: str, reason: str) -> None:
     err = await fetch_error(url)
-    assert (err.reason, err.permanent) == (reason, True)
+    assert (err.reason, err.retryable) == (reason, False)
     assert not origin.hits
 
 
@@ -487,7 +482,7 @@ async def test_strict_policy_refuses_local_targets_before_any_request(
     resolver = None if host == "localhost" else StaticResolver(names)
     err = await fetch_error(f"http://{host}:{origin.port}/a.png", resolver, allow_private=False)
     assert err.reason.startswith(reason)
-    assert err.permanent
+    assert not err.retryable
     assert not origin.hits
 
 
@@ -515,7 +510,7 @@ async def test_names_resolve_through_the_injected_resolver(origin: Origin) -> No
 
 async def test_unknown_host_fails_permanently() -> None:
     err = await fetch_error("http://nowhere.test/a.png", StaticResolver({}))
-    assert (err.reason, err.permanent) == ("host not found: nowhere.test", True)
+    assert (err.reason, err.retryable) == ("host not found: nowhere.test", False)
 
 
 async def test_checked_addresses_are_the_ones_connected_to(origin: Origin) -> None:

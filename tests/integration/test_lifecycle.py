@@ -77,7 +77,7 @@ def test_the_api_serves_while_its_database_is_down_and_stops_cleanly(
     assert "Application shutdown complete" in (tmp_path / "upload.log").read_text()
 
 
-def test_ready_workers_report_ready(settings: Settings, tmp_path: Path, store: object) -> None:
+def test_ready_workers_report_ready(settings: Settings, tmp_path: Path, mongo: object) -> None:
     health = free_port()
     process = start("status", settings, tmp_path, IMAGEPIPE_HEALTH_PORT=str(health))
     try:

@@ -18,7 +18,8 @@ from aiosmtpd.controller import Controller
 
 from services.notifier.delivery import AttemptOutcome, AttemptRecord, deliver_with_retry
 from services.notifier.mailer import FileMailer, MailError, SmtpMailer, attempt_email, build_completion_email
-from services.notifier.webhook import post_webhook, verify
+from services.notifier.webhook import post_webhook
+from shared.webhooks import verify
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PAYLOAD = {"type": "request.completed", "request_id": "req-1", "compressed": 2, "failed": 1}

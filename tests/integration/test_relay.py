@@ -6,13 +6,14 @@ from datetime import UTC, datetime
 
 from services.upload.relay import OutboxRelay
 from shared.events import ImageRequested
-from shared.storage import Store, row_chunk_key
+from shared.mongo import Mongo
+from shared.repository import MongoRequestRepository, row_chunk_key
 from tests.fakes import RecordingPublisher
 
 
-async def pending_request(store: Store, request_id: str, urls: list[str] | None) -> None:
+async def pending_request(mongo: Mongo, request_id: str, urls: list[str] | None) -> None:
     if urls is not None:
-        await store.rows.insert_one(
+        await mongo.rows.insert_one(
             {
                 "_id": row_chunk_key(request_id, 0),
                 "request_id": request_id,
@@ -21,7 +22,7 @@ async def pending_request(store: Store, request_id: str, urls: list[str] | None)
                 "rows": [{"serial": "1", "name": "A", "urls": urls, "cells": ["1", "A", ", ".join(urls)]}],
             }
         )
-    await store.requests.insert_one(
+    await mongo.requests.insert_one(
         {
             "_id": request_id,
             "total_images": len(urls or ["x"]),
@@ -33,13 +34,15 @@ async def pending_request(store: Store, request_id: str, urls: list[str] | None)
     )
 
 
-async def test_a_request_without_rows_is_dropped_and_does_not_block_the_others(store: Store) -> None:
-    await pending_request(store, "req-broken", None)  # its upload failed after the document was written
+async def test_a_request_without_rows_is_dropped_and_does_not_block_the_others(
+    mongo: Mongo, repo: MongoRequestRepository
+) -> None:
+    await pending_request(mongo, "req-broken", None)  # its upload failed after the document was written
     await pending_request(
-        store, "req-good", ["https://img.example.com/a.jpg", "https://img.example.com/b.jpg"]
+        mongo, "req-good", ["https://img.example.com/a.jpg", "https://img.example.com/b.jpg"]
     )
     publisher = RecordingPublisher()
-    relay = OutboxRelay(store, publisher)
+    relay = OutboxRelay(repo, publisher)
 
     while await relay.publish_next():
         pass
@@ -49,5 +52,5 @@ async def test_a_request_without_rows_is_dropped_and_does_not_block_the_others(s
         ("req-good", 1),
     ]
     for request_id in ("req-broken", "req-good"):
-        doc = await store.requests.find_one({"_id": request_id})
+        doc = await mongo.requests.find_one({"_id": request_id})
         assert doc is not None and "outbox_pending" not in doc

@@ -7,25 +7,35 @@ import os
 from gridfs import AsyncGridFSBucket
 from pymongo import monitoring
 
-from shared.storage import GRIDFS_CHUNK_BYTES, Store
+from shared.files import GRIDFS_CHUNK_BYTES, GridFsImageStore, ImageMeta
+from shared.mongo import Mongo
+
+META = ImageMeta(contentType="image/jpeg", request_id="r", index=0, input_bytes=1, kept_original=False)
 
 
-async def test_put_file_is_readable_by_any_gridfs_client(store: Store) -> None:
+async def read(images: GridFsImageStore, file_id: str) -> bytes:
+    download = await images.open(file_id)
+    assert download is not None
+    return b"".join([chunk async for chunk in download.chunks])
+
+
+async def test_put_file_is_readable_by_any_gridfs_client(mongo: Mongo) -> None:
     data = os.urandom(GRIDFS_CHUNK_BYTES * 2 + 123)  # three chunks, the last one partial
-    await store.put_file("a" * 32, data, filename="x.jpg", metadata={"contentType": "image/jpeg"})
+    await GridFsImageStore(mongo).put("a" * 32, data, filename="x.jpg", meta=META)
 
-    grid_out = await AsyncGridFSBucket(store.db).open_download_stream("a" * 32)
+    grid_out = await AsyncGridFSBucket(mongo.db).open_download_stream("a" * 32)
     assert await grid_out.read() == data
-    assert grid_out.metadata == {"contentType": "image/jpeg"}
+    assert grid_out.metadata == dict(META)
     assert grid_out.filename == "x.jpg"
 
 
-async def test_rewriting_a_file_leaves_no_orphaned_chunks(store: Store) -> None:
-    await store.put_file("b" * 32, os.urandom(GRIDFS_CHUNK_BYTES * 3), filename="x", metadata={})
-    await store.put_file("b" * 32, b"short", filename="x", metadata={})
+async def test_rewriting_a_file_leaves_no_orphaned_chunks(mongo: Mongo) -> None:
+    images = GridFsImageStore(mongo)
+    await images.put("b" * 32, os.urandom(GRIDFS_CHUNK_BYTES * 3), filename="x", meta=META)
+    await images.put("b" * 32, b"short", filename="x", meta=META)
 
-    assert await store.chunks.count_documents({"files_id": "b" * 32}) == 1
-    assert await (await store.open_file("b" * 32)).read() == b"short"
+    assert await mongo.chunks.count_documents({"files_id": "b" * 32}) == 1
+    assert await read(images, "b" * 32) == b"short"
 
 
 class _Queries(monitoring.CommandListener):
@@ -42,16 +52,16 @@ class _Queries(monitoring.CommandListener):
         pass
 
 
-async def test_storing_a_file_never_scans_a_collection(settings, store: Store) -> None:  # type: ignore[no-untyped-def]
+async def test_storing_a_file_never_scans_a_collection(settings, mongo: Mongo) -> None:  # type: ignore[no-untyped-def]
     """PyMongo's GridFS writer issues an unfiltered find_one per upload, which SecantusDB answers by a scan
     (so each upload gets slower as the store grows). Ours must only issue filtered, indexed commands."""
     from pymongo import AsyncMongoClient
 
     listener = _Queries()
     client = AsyncMongoClient(settings.mongo_url, event_listeners=[listener])
-    watched = Store(client, client[settings.mongo_db])
+    watched = GridFsImageStore(Mongo(client, client[settings.mongo_db]))
     for n in range(3):
-        await watched.put_file(f"{n:032x}", os.urandom(1000), filename="x", metadata={})
+        await watched.put(f"{n:032x}", os.urandom(1000), filename="x", meta=META)
     await client.close()
 
     observed = [
@@ -68,15 +78,16 @@ async def test_storing_a_file_never_scans_a_collection(settings, store: Store) -
     assert not [c for c in listener.commands if c[0] == "createIndexes"], "indexes belong to start-up"
 
 
-async def test_an_interrupted_write_is_completed_without_orphans(store: Store) -> None:
+async def test_an_interrupted_write_is_completed_without_orphans(mongo: Mongo) -> None:
     """A crash between the chunks and the files document leaves chunks but no file; the retry cleans up."""
     from bson import Binary, ObjectId
 
-    await store.chunks.insert_many(
+    await mongo.chunks.insert_many(
         [{"_id": ObjectId(), "files_id": "c" * 32, "n": n, "data": Binary(b"old")} for n in range(3)]
     )
-    assert await store.file_info("c" * 32) is None
-    await store.put_file("c" * 32, b"new", filename="x", metadata={})
+    images = GridFsImageStore(mongo)
+    assert await images.info("c" * 32) is None
+    await images.put("c" * 32, b"new", filename="x", meta=META)
 
-    assert await store.chunks.count_documents({"files_id": "c" * 32}) == 1
-    assert await (await store.open_file("c" * 32)).read() == b"new"
+    assert await mongo.chunks.count_documents({"files_id": "c" * 32}) == 1
+    assert await read(images, "c" * 32) == b"new"

@@ -9,14 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.notifier.webhook import (
-    encode_payload,
-    parse_retry_after,
-    secret_key,
-    sign,
-    signed_headers,
-    verify,
-)
+from shared.retry import parse_retry_after
+from shared.webhooks import encode_payload, secret_key, sign, signed_headers, verify
 
 # The test vector of the Standard Webhooks reference libraries (libraries/python/tests, test_sign_function).
 REF_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -1,0 +1,31 @@
+"""Liveness, readiness and metrics of the gateway, as every worker serves them on its health port."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.upload.deps import GatewayDep
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok", "service": "upload"}
+
+
+@router.get("/readyz")
+async def readyz(gateway: GatewayDep) -> JSONResponse:
+    db = await gateway.runtime.mongo.ping()
+    broker = gateway.runtime.bus.is_ready
+    return JSONResponse(
+        {"status": "ready" if db and broker else "not ready", "database": db, "broker": broker},
+        status_code=200 if db and broker else 503,
+    )
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

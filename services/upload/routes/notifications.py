@@ -1,0 +1,80 @@
+"""POST /webhook-completed: send a finished request's completion email again."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Request
+
+from services.upload.deps import GatewayDep, require_api_key
+from services.upload.errors import ApiError, problem
+from shared.events import NotificationRequested
+from shared.repository import RequestStatus
+from shared.webhooks import verify
+
+log = structlog.get_logger()
+router = APIRouter()
+
+
+@router.post("/webhook-completed", status_code=202)
+async def webhook_completed(request: Request, gateway: GatewayDep) -> dict[str, Any]:
+    raw = await request.body()
+    signed = await _authorise(request, raw, gateway)
+    request_id = await _request_id_from(request, raw, signed_body_only=signed)
+    found = await gateway.request_or_404(request_id, notifications=False)
+    if found["status"] != RequestStatus.COMPLETED:
+        raise ApiError(409, "the request is not complete yet; its notification goes out when it is")
+    # At most one re-send per interval and request: each one is an email, and a record on the request.
+    interval = gateway.runtime.settings.renotify_interval_seconds
+    if not await gateway.runtime.repo.claim_renotify(request_id, timedelta(seconds=interval)):
+        raise ApiError(
+            429, "a re-send for this request was just queued; try again later", retry_after=int(interval)
+        )
+    try:
+        await gateway.runtime.bus.publish(NotificationRequested(request_id=request_id))
+    except Exception:
+        raise ApiError(503, "the message broker is unavailable; try again shortly") from None
+    log.info("renotify_requested", request_id=request_id)
+    return {"request_id": request_id, "notification": "queued"}
+
+
+async def _authorise(request: Request, raw: bytes, gateway: GatewayDep) -> bool:
+    """With auth on, either an API key or a valid Standard Webhooks signature will do.
+
+    True when the signature is what authorised the call."""
+    settings = gateway.runtime.settings
+    if not settings.api_keys:
+        return False
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    if secret and "webhook-signature" in request.headers:
+        if verify(secret, dict(request.headers), raw):
+            return True
+        raise ApiError(401, "invalid webhook signature")
+    await require_api_key(request, gateway)
+    return False
+
+
+async def _request_id_from(request: Request, raw: bytes, *, signed_body_only: bool) -> str:
+    """From the query, a JSON body or a form; only from the JSON body when a signature vouches for it
+    (it covers the body alone, and an outgoing webhook replayed here has no top-level request_id)."""
+    request_id = None if signed_body_only else request.query_params.get("request_id")
+    content_type = "application/json" if signed_body_only else request.headers.get("content-type", "")
+    if not request_id and content_type.startswith("application/json") and raw:
+        try:
+            body = json.loads(raw)
+            request_id = body.get("request_id") if isinstance(body, dict) else None
+        except ValueError:
+            raise ApiError(400, "the body is not valid JSON") from None
+    elif not request_id and content_type.startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        value = (await request.form()).get("request_id")
+        request_id = value.strip() if isinstance(value, str) else None
+    if not request_id or not isinstance(request_id, str):
+        raise ApiError(
+            400, "request_id is required", [problem('send {"request_id": "..."}', field="request_id")]
+        )
+    return request_id

@@ -1,0 +1,42 @@
+"""A request's progress (GET /status/{id}) and its output CSV (GET /output/{id})."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import StreamingResponse
+
+from services.upload.deps import ApiKey, GatewayDep
+from services.upload.errors import ApiError, problem
+from services.upload.status_view import View, render_status
+from shared.output_csv import output_csv
+from shared.repository import RequestStatus
+
+router = APIRouter(dependencies=[ApiKey])
+
+
+@router.get("/status/{request_id}")
+async def status(
+    request_id: str, gateway: GatewayDep, offset: int = 0, limit: int = 20, view: View = "full"
+) -> Response:
+    """The request's progress, and a page of its products (`view=summary`: progress only, for pollers)."""
+    if offset < 0 or not 1 <= limit <= 1000:
+        raise ApiError(400, "invalid paging", [problem("offset >= 0 and 1 <= limit <= 1000", field="limit")])
+
+    async def render() -> bytes:
+        request = await gateway.request_or_404(request_id, notifications=view == "full")
+        return await render_status(gateway.runtime.repo, request, gateway.runtime.links, offset, limit, view)
+
+    body = await gateway.status_cache.get((request_id, offset, limit, view), render)
+    return Response(body, media_type="application/json")
+
+
+@router.get("/output/{request_id}")
+async def output(request_id: str, gateway: GatewayDep) -> StreamingResponse:
+    request = await gateway.request_or_404(request_id, notifications=False)
+    if request["status"] != RequestStatus.COMPLETED:
+        raise ApiError(409, "the request is not complete yet; the output CSV exists once it is")
+    return StreamingResponse(
+        output_csv(gateway.runtime.repo, request, gateway.runtime.links),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="imagepipe-{request_id}.csv"'},
+    )

@@ -1,0 +1,118 @@
+"""Compressed images, stored in GridFS layout (`fs.files` and `fs.chunks`), so any GridFS client reads them.
+
+An output's id is derived from its request and position (`output_file_id`): a redelivered image overwrites
+its own output instead of orphaning a copy, and nobody can guess an id without the secret request id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, TypedDict
+
+from bson import Binary, ObjectId
+from gridfs import AsyncGridFSBucket
+from gridfs.errors import NoFile
+from pymongo.errors import BulkWriteError
+
+from shared.mongo import DUPLICATE_KEY, Doc, Mongo, adapts_driver_errors
+
+GRIDFS_CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
+
+
+def output_file_id(request_id: str, index: int) -> str:
+    """The id of an image's output: deterministic, so redelivered work overwrites rather than orphans, and
+    unguessable, because it is derived from the secret request id."""
+    return hashlib.blake2b(f"{request_id}:{index}".encode(), digest_size=16).hexdigest()
+
+
+class ImageMeta(TypedDict):
+    contentType: str  # GridFS's conventional name, which other GridFS tools show
+    request_id: str
+    index: int
+    input_bytes: int
+    kept_original: bool
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    file_id: str
+    length: int
+    meta: ImageMeta
+
+
+@dataclass
+class ImageDownload:
+    content_type: str
+    length: int
+    chunks: AsyncIterator[bytes]
+
+
+class ImageStore(Protocol):
+    async def put(self, file_id: str, data: bytes, *, filename: str, meta: ImageMeta) -> None: ...
+
+    async def info(self, file_id: str) -> StoredImage | None: ...
+
+    async def open(self, file_id: str) -> ImageDownload | None: ...
+
+
+@adapts_driver_errors
+class GridFsImageStore:
+    def __init__(self, mongo: Mongo) -> None:
+        self.mongo = mongo
+
+    async def put(self, file_id: str, data: bytes, *, filename: str, meta: ImageMeta) -> None:
+        """Store `data` under a fixed id.
+
+        PyMongo's GridFS writer probes both collections with an unfiltered find_one on every upload to
+        decide whether to create indexes; on a database that answers that by scanning, each upload costs
+        more as the store grows. The indexes are made at start-up instead (mongo.py) and the documents
+        written directly, which keeps the cost of one upload flat. Chunks are written first and the files
+        document last, as GridFS does: a file is visible only once complete. Leftovers of an interrupted
+        attempt under the same id always include chunk 0 (chunks go in order), so they show up as a
+        duplicate key on the first insert and are removed then: the common case costs two writes.
+        """
+        chunks = [
+            {
+                "_id": ObjectId(),
+                "files_id": file_id,
+                "n": n,
+                "data": Binary(data[offset : offset + GRIDFS_CHUNK_BYTES]),
+            }
+            for n, offset in enumerate(range(0, max(len(data), 1), GRIDFS_CHUNK_BYTES))
+        ]
+        try:
+            await self.mongo.chunks.insert_many(chunks)
+        except BulkWriteError as exc:
+            if any(error.get("code") != DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
+                raise
+            await self.mongo.chunks.delete_many({"files_id": file_id})
+            await self.mongo.chunks.insert_many(chunks)
+        files_doc: Doc = {
+            "_id": file_id,
+            "length": len(data),
+            "chunkSize": GRIDFS_CHUNK_BYTES,
+            "uploadDate": datetime.now(UTC),
+            "filename": filename,
+            "metadata": dict(meta),
+        }
+        await self.mongo.files.replace_one({"_id": file_id}, files_doc, upsert=True)
+
+    async def info(self, file_id: str) -> StoredImage | None:
+        doc = await self.mongo.files.find_one({"_id": file_id})
+        return None if doc is None else StoredImage(file_id, doc["length"], doc["metadata"])
+
+    async def open(self, file_id: str) -> ImageDownload | None:
+        try:
+            grid_out = await AsyncGridFSBucket(self.mongo.db).open_download_stream(file_id)
+        except NoFile:
+            return None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await grid_out.readchunk():
+                yield chunk
+
+        content_type = (grid_out.metadata or {}).get("contentType", "application/octet-stream")
+        return ImageDownload(content_type, grid_out.length, chunks())
