@@ -92,30 +92,34 @@ def refusal_reason(ip: IPAddress, allow_private: bool) -> str | None:
     if ip.sixtofour is not None:
         inner = _refusal_v4(ip.sixtofour, allow_private=False)
         return f"{inner} via 6to4" if inner else None
-    for net, reason in _V6_ALWAYS_REFUSED:
-        if ip in net:
-            return reason
-    for net, reason in _V6_PRIVATE:
-        if ip in net:
-            return None if allow_private else reason
-    if ip not in _V6_GLOBAL_UNICAST:
-        return "reserved"
-    return None
+    listed = _listed(ip, _V6_ALWAYS_REFUSED, _V6_PRIVATE, allow_private)
+    if listed is not _UNLISTED:
+        return listed
+    return None if ip in _V6_GLOBAL_UNICAST else "reserved"
 
 
 def _refusal_v4(ip: ipaddress.IPv4Address, allow_private: bool) -> str | None:
-    for net, reason in _V4_ALWAYS_REFUSED:
+    listed = _listed(ip, _V4_ALWAYS_REFUSED, _V4_PRIVATE, allow_private)
+    return None if listed is _UNLISTED else listed
+
+
+_UNLISTED = "<not in the tables>"
+
+
+def _listed(
+    ip: IPAddress,
+    refused: Sequence[tuple[_N4, str]] | Sequence[tuple[_N6, str]],
+    private: Sequence[tuple[_N4, str]] | Sequence[tuple[_N6, str]],
+    allow_private: bool,
+) -> str | None:
+    """The refusal reason the tables give `ip` (None: a private range, allowed), or _UNLISTED."""
+    for net, reason in refused:
         if ip in net:
             return reason
-    for net, reason in _V4_PRIVATE:
+    for net, reason in private:
         if ip in net:
             return None if allow_private else reason
-    return None
-
-
-def is_address_allowed(ip: IPAddress, allow_private: bool) -> bool:
-    """True when an outbound connection to `ip` is allowed under the policy."""
-    return refusal_reason(ip, allow_private) is None
+    return _UNLISTED
 
 
 class BlockedAddressError(Exception):

@@ -94,15 +94,20 @@ class AttemptDoc(TypedDict):
     next_delay_s: float | None
 
 
-class RequestDoc(TypedDict):
-    _id: str
-    status: RequestStatus
+class Upload(TypedDict):
+    """What an upload brings: who to tell, and what the CSV held (its rows are stored beside it)."""
+
     email: str
     webhook_url: str | None
-    columns: list[str]
+    columns: list[str]  # the CSV's header, extra columns included
     total_products: int
     total_images: int
     row_chunks: int
+
+
+class RequestDoc(Upload):
+    _id: str
+    status: RequestStatus
     no_img_compressed: int
     no_img_failed: int
     bytes_in: int
@@ -156,17 +161,7 @@ class RequestRepository(Protocol):
         self, request_id: str, chunk: int, first_image: int, rows: Sequence[RowDoc]
     ) -> None: ...
 
-    async def create_request(
-        self,
-        request_id: str,
-        *,
-        email: str,
-        webhook_url: str | None,
-        columns: list[str],
-        total_products: int,
-        total_images: int,
-        row_chunks: int,
-    ) -> RequestDoc: ...
+    async def create_request(self, request_id: str, upload: Upload) -> RequestDoc: ...
 
     async def discard(self, request_id: str) -> None:
         """Undo a failed upload, best effort (never raises)."""
@@ -235,26 +230,11 @@ class MongoRequestRepository:
             }
         )
 
-    async def create_request(
-        self,
-        request_id: str,
-        *,
-        email: str,
-        webhook_url: str | None,
-        columns: list[str],
-        total_products: int,
-        total_images: int,
-        row_chunks: int,
-    ) -> RequestDoc:
+    async def create_request(self, request_id: str, upload: Upload) -> RequestDoc:
         doc: RequestDoc = {
             "_id": request_id,
             "status": RequestStatus.PENDING,
-            "email": email,
-            "webhook_url": webhook_url,
-            "columns": columns,
-            "total_products": total_products,
-            "total_images": total_images,
-            "row_chunks": row_chunks,
+            **upload,
             "no_img_compressed": 0,
             "no_img_failed": 0,
             "bytes_in": 0,

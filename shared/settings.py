@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     fetch_connect_timeout: float = 5.0
     fetch_read_timeout: float = 15.0
     fetch_total_timeout: float = 60.0
-    fetch_attempts: int = 3
+    fetch_attempts: int = Field(default=3, ge=1)
     fetch_backoff: float = 0.5
 
     # --- delivery -------------------------------------------------------------------------------------

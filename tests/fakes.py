@@ -1,10 +1,35 @@
-"""Fakes for tests of one handler at a time: the rest of the system is a publisher that remembers."""
+"""In-memory fakes of the ports handlers depend on, for unit tests of one handler at a time.
+
+Each fake keeps the semantics its handlers rely on (idempotent outcomes, one completion, leases), in a few
+dictionaries; the integration tests hold the real adapters to the same behaviour.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
 
+from services.compressor.codec import CompressedImage, ImageRejected
+from services.compressor.fetch import FetchError
+from services.notifier.delivery import AttemptOutcome
 from shared.events import Event
+from shared.files import ImageDownload, ImageMeta, StoredImage
+from shared.repository import (
+    AttemptDoc,
+    OutcomeDoc,
+    OutcomeStatus,
+    RequestDoc,
+    RequestStatus,
+    Row,
+    RowChunkDoc,
+    RowDoc,
+    UnknownRequest,
+    Upload,
+)
 
 
 class RecordingPublisher:
@@ -18,3 +43,221 @@ class RecordingPublisher:
 
     async def publish_many(self, events: Iterable[Event]) -> None:
         self.events.extend(events)
+
+
+class FakeRequestRepository:
+    """The read model in dictionaries (see shared.repository.RequestRepository for each operation)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, RequestDoc] = {}
+        self.chunks: dict[tuple[str, int], RowChunkDoc] = {}
+        self.outcomes: dict[tuple[str, int], OutcomeDoc] = {}
+        self.leases: dict[str, tuple[str, datetime]] = {}
+
+    # --- upload ---------------------------------------------------------------------------------------
+    async def add_rows(self, request_id: str, chunk: int, first_image: int, rows: Sequence[RowDoc]) -> None:
+        key = f"{request_id}:{chunk}"
+        self.chunks[(request_id, chunk)] = RowChunkDoc(
+            _id=key, request_id=request_id, chunk=chunk, first_image=first_image, rows=list(rows)
+        )
+
+    async def create_request(self, request_id: str, upload: Upload) -> RequestDoc:
+        doc = RequestDoc(
+            _id=request_id,
+            status=RequestStatus.PENDING,
+            **upload,
+            no_img_compressed=0,
+            no_img_failed=0,
+            bytes_in=0,
+            bytes_out=0,
+            created_at=datetime.now(UTC),
+            outbox_pending=True,
+            published_chunks=0,
+        )
+        self.requests[request_id] = doc
+        return copy.deepcopy(doc)
+
+    async def discard(self, request_id: str) -> None:
+        self.requests.pop(request_id, None)
+        for key in [k for k in self.chunks if k[0] == request_id]:
+            del self.chunks[key]
+
+    # --- reads ----------------------------------------------------------------------------------------
+    async def get(self, request_id: str, *, notifications: bool = True) -> RequestDoc | None:
+        found = copy.deepcopy(self.requests.get(request_id))
+        if found is not None and not notifications:
+            found.pop("notifications", None)
+        return found
+
+    async def rows_with_outcomes(
+        self, request_id: str, first_row: int = 0, limit: int | None = None
+    ) -> AsyncIterator[Row]:
+        rows: list[Row] = []
+        for (rid, _), chunk in sorted(self.chunks.items()):
+            index = chunk["first_image"]
+            for row in chunk["rows"] if rid == request_id else []:
+                urls = range(index, index + len(row["urls"]))
+                rows.append((row, [self.outcomes.get((request_id, i)) for i in urls]))
+                index += len(row["urls"])
+        for row_and_outcomes in rows[first_row : None if limit is None else first_row + limit]:
+            yield row_and_outcomes
+
+    # --- the outbox -----------------------------------------------------------------------------------
+    async def outbox_pending(self) -> AsyncIterator[str]:
+        for request_id, doc in list(self.requests.items()):
+            if doc.get("outbox_pending"):
+                yield request_id
+
+    async def claim_outbox(self, request_id: str, owner: str, lease: timedelta) -> RequestDoc | None:
+        holder = self.leases.get(request_id)
+        if holder is not None and holder[1] > datetime.now(UTC):
+            return None
+        self.leases[request_id] = (owner, datetime.now(UTC) + lease)
+        return await self.get(request_id)
+
+    async def renew_outbox(self, request_id: str, owner: str, lease: timedelta) -> bool:
+        if self.leases.get(request_id, ("",))[0] != owner:
+            return False
+        self.leases[request_id] = (owner, datetime.now(UTC) + lease)
+        return True
+
+    async def release_outbox(self, request_id: str, owner: str) -> None:
+        if self.leases.get(request_id, ("",))[0] == owner:
+            del self.leases[request_id]
+
+    async def row_chunk(self, request_id: str, chunk: int) -> RowChunkDoc | None:
+        return self.chunks.get((request_id, chunk))
+
+    async def record_published(self, request_id: str, owner: str, chunks: int, lease: timedelta) -> None:
+        self.requests[request_id]["published_chunks"] = chunks
+
+    async def finish_outbox(self, request_id: str, *, published: bool) -> None:
+        self.requests[request_id].pop("outbox_pending", None)
+        self.leases.pop(request_id, None)
+        if published:
+            self.requests[request_id]["published_at"] = datetime.now(UTC)
+
+    # --- outcomes and completion ----------------------------------------------------------------------
+    async def record_outcomes(self, request_id: str, outcomes: Sequence[OutcomeDoc]) -> bool:
+        request = self.requests.get(request_id)
+        if request is None:
+            raise UnknownRequest(request_id)
+        new = {(request_id, o["index"]): o for o in outcomes if (request_id, o["index"]) not in self.outcomes}
+        self.outcomes.update(new)
+        for outcome in new.values():
+            if outcome["status"] == OutcomeStatus.COMPRESSED:
+                request["no_img_compressed"] += 1
+                request["bytes_in"] += outcome.get("input_bytes", 0)
+                request["bytes_out"] += outcome.get("output_bytes", 0)
+            else:
+                request["no_img_failed"] += 1
+                failure = {
+                    "index": outcome["index"],
+                    "url": outcome["url"],
+                    "reason": outcome.get("reason", ""),
+                }
+                request.setdefault("failures", []).append(failure)  # type: ignore[arg-type]
+        done = request["no_img_compressed"] + request["no_img_failed"]
+        if not new or done < request["total_images"] or request["status"] != RequestStatus.PENDING:
+            return False
+        request.update(
+            status=RequestStatus.COMPLETED,
+            completed_at=datetime.now(UTC),
+            completion_event_id=f"completion-{request_id}",
+            completion_pending=True,
+        )
+        return True
+
+    async def completion_to_publish(self, request_id: str) -> RequestDoc | None:
+        request = await self.get(request_id)
+        return request if request is not None and request.get("completion_pending") else None
+
+    async def mark_completion_published(self, request_id: str) -> None:
+        self.requests[request_id].pop("completion_pending", None)
+
+    async def unpublished_completions(self, older_than: timedelta) -> AsyncIterator[str]:
+        cutoff = datetime.now(UTC) - older_than
+        for request_id, doc in list(self.requests.items()):
+            if doc.get("completion_pending") and doc["completed_at"] < cutoff:
+                yield request_id
+
+    # --- notifications --------------------------------------------------------------------------------
+    async def record_attempt(self, request_id: str, attempt: AttemptDoc) -> None:
+        self.requests[request_id].setdefault("notifications", []).append(attempt)
+
+    async def mark_notified(self, request_id: str, notification_id: str, channel: str, ok: bool) -> None:
+        notified = self.requests[request_id].setdefault("notified", {})
+        notified.setdefault(notification_id, {})[channel] = "sent" if ok else "failed"
+
+    async def claim_renotify(self, request_id: str, interval: timedelta) -> bool:
+        request, now = self.requests[request_id], datetime.now(UTC)
+        if request.get("renotify_after", now) > now:
+            return False
+        request["renotify_after"] = now + interval
+        return True
+
+
+@dataclass
+class FakeImageStore:
+    files: dict[str, tuple[bytes, ImageMeta]] = field(default_factory=dict)
+
+    async def put(self, file_id: str, data: bytes, *, filename: str, meta: ImageMeta) -> None:
+        self.files[file_id] = (data, meta)
+
+    async def info(self, file_id: str) -> StoredImage | None:
+        if file_id not in self.files:
+            return None
+        data, meta = self.files[file_id]
+        return StoredImage(file_id, len(data), meta)
+
+    async def open(self, file_id: str) -> ImageDownload | None:
+        if file_id not in self.files:
+            return None
+        data, meta = self.files[file_id]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield data
+
+        return ImageDownload(meta["contentType"], len(data), chunks())
+
+
+@dataclass
+class FakeFetcher:
+    """Serves `bodies` by URL; a URL in `errors` raises that FetchError instead."""
+
+    bodies: dict[str, bytes] = field(default_factory=dict)
+    errors: dict[str, FetchError] = field(default_factory=dict)
+    fetched: list[str] = field(default_factory=list)
+
+    async def fetch(self, url: str) -> bytes:
+        self.fetched.append(url)
+        if url in self.errors:
+            raise self.errors[url]
+        return self.bodies[url]
+
+
+class HalvingCodec:
+    """ "Compresses" by halving the bytes; refuses bodies that start with b"bad"."""
+
+    async def compress(self, data: bytes, quality: int, max_pixels: int) -> CompressedImage:
+        if data.startswith(b"bad"):
+            raise ImageRejected("corrupt image data (fake)")
+        return CompressedImage(data[: len(data) // 2], "image/jpeg", False, 10, 10)
+
+
+@dataclass
+class RecordingMailer:
+    sent: list[EmailMessage] = field(default_factory=list)
+
+    async def send(self, msg: EmailMessage) -> None:
+        self.sent.append(msg)
+
+
+@dataclass
+class RecordingWebhooks:
+    posted: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
+    outcome: AttemptOutcome = field(default_factory=lambda: AttemptOutcome(ok=True, status=204))
+
+    async def post(self, url: str, payload: dict[str, Any], *, message_id: str) -> AttemptOutcome:
+        self.posted.append((url, payload, message_id))
+        return self.outcome

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -49,16 +49,9 @@ class FetchPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchPolicy:
-        return cls(
-            allow_private=settings.fetch_allow_private,
-            max_bytes=settings.fetch_max_bytes,
-            max_redirects=settings.fetch_max_redirects,
-            connect_timeout=settings.fetch_connect_timeout,
-            read_timeout=settings.fetch_read_timeout,
-            total_timeout=settings.fetch_total_timeout,
-            attempts=max(1, settings.fetch_attempts),
-            backoff=settings.fetch_backoff,
-        )
+        """The policy the `fetch_*` settings describe (each field is its setting without the prefix)."""
+        configured = {f.name: getattr(settings, f"fetch_{f.name}", None) for f in fields(cls)}
+        return cls(**{name: value for name, value in configured.items() if value is not None})
 
 
 class FetchError(Exception):

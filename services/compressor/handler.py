@@ -29,6 +29,10 @@ class Fetcher(Protocol):
     async def fetch(self, url: str) -> bytes: ...
 
 
+class Codec(Protocol):
+    async def compress(self, data: bytes, quality: int, max_pixels: int) -> CompressedImage: ...
+
+
 class CodecPool:
     """A pool of codec processes: decode/encode uses every core and never runs on the event loop.
 
@@ -67,7 +71,7 @@ class Compressor:
     images: ImageStore
     publisher: Publisher
     fetcher: Fetcher
-    codec: CodecPool
+    codec: Codec
     quality: int
     max_pixels: int
 

@@ -6,6 +6,7 @@ import asyncio
 
 from services.notifier.handler import ROUTES, Notifier
 from services.notifier.mailer import mailer_from_settings
+from services.notifier.webhook import HttpWebhooks
 from shared.bus import bind
 from shared.netguard import guarded_session
 from shared.runtime import Runtime, run_service
@@ -21,7 +22,8 @@ async def start(rt: Runtime) -> None:
         total_timeout=s.notify_timeout,
     )
     rt.on_close.append(http.close)
-    notifier = Notifier(rt.repo, mailer_from_settings(s), http, s)
+    secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
+    notifier = Notifier(rt.repo, mailer_from_settings(s), HttpWebhooks(http, secret, s.notify_timeout), s)
     await rt.bus.subscribe("notifier", bind(ROUTES, notifier), prefetch=16)
 
 

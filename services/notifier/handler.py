@@ -12,12 +12,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import aiohttp
 import structlog
 
 from services.notifier.delivery import AttemptRecord, deliver_with_retry
 from services.notifier.mailer import Mailer, attempt_email, build_completion_email
-from services.notifier.webhook import post_webhook
+from services.notifier.webhook import Webhooks
 from shared.bus import HandlerMethods
 from shared.events import NotificationRequested, RequestCompleted
 from shared.links import Links
@@ -30,11 +29,11 @@ log = structlog.get_logger()
 
 class Notifier:
     def __init__(
-        self, repo: RequestRepository, mailer: Mailer, http: aiohttp.ClientSession, settings: Settings
+        self, repo: RequestRepository, mailer: Mailer, webhooks: Webhooks, settings: Settings
     ) -> None:
         self.repo = repo
         self.mailer = mailer
-        self.http = http
+        self.webhooks = webhooks
         self.settings = settings
         self.links = Links(settings.base_url)
 
@@ -72,11 +71,8 @@ class Notifier:
         url = request["webhook_url"]
         assert url is not None
         payload = {"type": "request.completed", "timestamp": datetime.now(UTC).isoformat(), "data": summary}
-        secret = self.settings.webhook_secret.get_secret_value() if self.settings.webhook_secret else None
         delivered = await deliver_with_retry(
-            lambda: post_webhook(
-                self.http, url, payload, message_id=key, secret=secret, timeout=self.settings.notify_timeout
-            ),
+            lambda: self.webhooks.post(url, payload, message_id=key),
             attempts=self.settings.notify_attempts,
             backoff=self.settings.notify_backoff,
             record=self._recorder(request["_id"], key, "webhook"),

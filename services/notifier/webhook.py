@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -13,6 +13,22 @@ from shared.retry import parse_retry_after, retryable_status
 from shared.webhooks import encode_payload, signed_headers
 
 _BODY_SNIPPET_BYTES = 200  # enough of an error page to tell what went wrong
+
+
+class Webhooks(Protocol):
+    async def post(self, url: str, payload: dict[str, Any], *, message_id: str) -> AttemptOutcome: ...
+
+
+class HttpWebhooks:
+    """Webhooks sent through one (SSRF-guarded) HTTP session, signed with `secret` when there is one."""
+
+    def __init__(self, session: aiohttp.ClientSession, secret: str | None, timeout: float) -> None:
+        self.session, self.secret, self.timeout = session, secret, timeout
+
+    async def post(self, url: str, payload: dict[str, Any], *, message_id: str) -> AttemptOutcome:
+        return await post_webhook(
+            self.session, url, payload, message_id=message_id, secret=self.secret, timeout=self.timeout
+        )
 
 
 async def post_webhook(

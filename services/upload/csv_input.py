@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from shared.magic import sniff
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -66,17 +67,6 @@ _TITLES: Final = {
 }
 
 _SAVE_AS = "export or save it as 'CSV UTF-8'"
-# File signatures of things people upload instead of a CSV.
-_MAGIC: Final = (
-    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"GIF87a", "a GIF image"),
-    (b"GIF89a", "a GIF image"),
-    (b"%PDF-", "a PDF document"),
-    (b"PK\x03\x04", "a ZIP archive or an Excel workbook (.xlsx)"),
-    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an Excel 97-2003 workbook (.xls)"),
-    (b"\x1f\x8b", "a gzip archive"),
-)
 
 # Line breaks always separate URLs; a comma does when followed by whitespace (", " is the documented
 # separator, and a URL cannot hold whitespace), another URL, another comma or the end of the cell.
@@ -100,7 +90,8 @@ class Problem:
     reason: str
 
     def to_dict(self) -> dict[str, object]:
-        return {"row": self.row, "column": self.column, "reason": self.reason}
+        """The problem as the API reports it (see errors.py), `field` being a form field's name."""
+        return {"row": self.row, "column": self.column, "field": None, "reason": self.reason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +128,6 @@ class CsvRejected(Exception):
         first = f": {_describe(problems[0])}" if problems else ""
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(f"{_TITLES.get(status_code, 'The CSV was rejected')}{first}{more}")
-
-    def to_dict(self) -> dict[str, object]:
-        """The error body for the API: a summary and every problem as {row, column, reason}."""
-        return {"detail": str(self), "problems": [p.to_dict() for p in self.problems]}
 
 
 class _TooLarge(Exception):
@@ -436,11 +423,8 @@ def _lines(text: io.TextIOWrapper, limit: int) -> Iterator[str]:
 def _binary_kind(head: bytes) -> str | None:
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "UTF-16 text"
-    for magic, what in _MAGIC:
-        if head.startswith(magic):
-            return what
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "a WebP image"
+    if (kind := sniff(head)) is not None:
+        return kind.label
     if b"\x00" in head:
         return "binary data (it contains NUL bytes)"
     return None

@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 from services.upload.csv_input import CsvLimits, CsvReader
 from services.upload.errors import problem
 from shared.netguard import BlockedAddressError, check_host_literal
-from shared.repository import ROWS_PER_CHUNK, RequestDoc, RequestRepository, RowDoc
+from shared.repository import ROWS_PER_CHUNK, RequestDoc, RequestRepository, RowDoc, Upload
 
 
 def form_problems(
@@ -81,8 +81,7 @@ async def store_request(
         products += len(rows)
         images += sum(len(r.urls) for r in rows)
     reader.raise_if_invalid()
-    return await repo.create_request(
-        request_id,
+    upload = Upload(
         email=email,
         webhook_url=webhook_url,
         columns=reader.columns,
@@ -90,3 +89,4 @@ async def store_request(
         total_images=images,
         row_chunks=chunk_no,
     )
+    return await repo.create_request(request_id, upload)

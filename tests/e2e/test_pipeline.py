@@ -163,3 +163,18 @@ async def test_every_service_logs_the_request_id(stack: Stack) -> None:
     assert "image_compressed" in events_by_service["compressor"]
     assert "request_completed" in events_by_service["status"]
     assert "notification_finished" in events_by_service["notifier"]
+
+
+async def test_the_api_writes_one_access_line_per_request(stack: Stack) -> None:
+    request_id = "a" * 22
+    await stack.http.get(f"{stack.api}/status/{request_id}")  # an unknown id: 404, logged all the same
+    assert stack.supervisor.log_dir is not None
+
+    def access_lines() -> list[dict[str, object]]:
+        lines = (stack.supervisor.log_dir / "upload.log").read_text().splitlines()  # type: ignore[operator]
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        return [r for r in records if r["event"] == "http_request" and r.get("request_id") == request_id]
+
+    (line,) = await eventually(access_lines)
+    assert (line["method"], line["path"], line["status"]) == ("GET", f"/status/{request_id}", 404)
+    assert isinstance(line["duration_ms"], float)

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.faults
 async def test_services_reconnect_after_a_broker_restart_mid_batch(
     stack: Stack, mongo: Mongo, spy: CompletionSpy
 ) -> None:
-    batch = make_batch(stack.origin, delay=0.1)
+    batch = make_batch(stack.origin, delay=0.4)  # stop_app takes a second or two: the batch must outlast it
     request_id = await run_batch(stack, batch)
 
     await wait_for_outcomes(mongo, request_id, at_least=20)

@@ -11,13 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from services.notifier.delivery import (
-    MAX_DELAY_S,
-    AttemptOutcome,
-    AttemptRecord,
-    backoff_delay,
-    deliver_with_retry,
-)
+from services.notifier.delivery import AttemptOutcome, AttemptRecord, deliver_with_retry
 from services.notifier.mailer import (
     MAX_LISTED_FAILURES,
     FileMailer,
@@ -27,6 +21,7 @@ from services.notifier.mailer import (
     build_completion_email,
     mailer_from_settings,
 )
+from shared.retry import MAX_DELAY_S, backoff_delay
 from shared.settings import Settings
 
 RETRY = AttemptOutcome(ok=False, retryable=True, status=503, detail="HTTP 503")

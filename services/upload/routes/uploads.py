@@ -50,7 +50,7 @@ async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
     except CsvRejected as exc:
         UPLOADS.labels("rejected").inc()
         await repo.discard(request_id)
-        problems = [problem(p.reason, row=p.row, column=p.column) for p in exc.problems]
+        problems = [p.to_dict() for p in exc.problems]
         raise ApiError(exc.status_code, f"{exc}; nothing was queued", problems) from None
     except StorageError as exc:
         UPLOADS.labels("unavailable").inc()

@@ -1,0 +1,78 @@
+"""The status projection with fakes: counting, completion once, and the sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from services.status.projection import StatusProjection
+from shared.events import Event, ImageCompressed, ImageFailed, RequestCompleted
+from shared.repository import RequestStatus, UnknownRequest, Upload
+from tests.fakes import FakeRequestRepository, RecordingPublisher
+
+
+async def projection_with(total: int) -> StatusProjection:
+    repo = FakeRequestRepository()
+    upload = Upload(
+        email="a@b.c", webhook_url=None, columns=[], total_products=1, total_images=total, row_chunks=1
+    )
+    await repo.create_request("r1", upload)
+    return StatusProjection(repo, RecordingPublisher())
+
+
+def compressed(index: int) -> ImageCompressed:
+    return ImageCompressed(
+        request_id="r1",
+        index=index,
+        url=f"http://o/{index}",
+        file_id="f" * 32,
+        content_type="image/jpeg",
+        input_bytes=10,
+        output_bytes=4,
+    )
+
+
+def failed(index: int) -> ImageFailed:
+    return ImageFailed(request_id="r1", index=index, url=f"http://o/{index}", reason="HTTP 404")
+
+
+async def test_outcomes_are_counted_once_each() -> None:
+    projection = await projection_with(3)
+    for event in (compressed(0), compressed(0), failed(1), failed(1)):
+        await projection.record(event)
+    request = projection.repo.requests["r1"]  # type: ignore[attr-defined]
+    assert (request["no_img_compressed"], request["no_img_failed"], request["bytes_out"]) == (1, 1, 4)
+    assert request["status"] == RequestStatus.PENDING
+    assert projection.publisher.events == []  # type: ignore[attr-defined]
+
+
+async def test_the_last_outcome_completes_the_request_and_announces_it_once() -> None:
+    projection = await projection_with(2)
+    await asyncio.gather(*(projection.record(e) for e in [compressed(0), failed(1)] * 10))
+    (completed,) = projection.publisher.events  # type: ignore[attr-defined]
+    assert isinstance(completed, RequestCompleted)
+    assert (completed.total_images, completed.compressed, completed.failed) == (2, 1, 1)
+    assert completed.event_id == "completion-r1"
+    assert "completion_pending" not in projection.repo.requests["r1"]  # type: ignore[attr-defined]
+
+
+async def test_a_completion_whose_publish_failed_is_swept_later() -> None:
+    class Down(RecordingPublisher):
+        async def publish(self, event: Event) -> None:
+            raise ConnectionError("broker down")
+
+    projection = await projection_with(1)
+    projection.publisher = Down()
+    await projection.record(compressed(0))  # recorded; the announcement waits
+    projection.publisher = RecordingPublisher()
+    assert await projection.sweep_unpublished(older_than=timedelta(seconds=-1)) == 1
+    assert await projection.sweep_unpublished(older_than=timedelta(seconds=-1)) == 0
+    assert [type(e) for e in projection.publisher.events] == [RequestCompleted]  # type: ignore[attr-defined]
+
+
+async def test_an_outcome_of_an_unknown_request_raises_for_a_retry() -> None:
+    projection = StatusProjection(FakeRequestRepository(), RecordingPublisher())
+    with pytest.raises(UnknownRequest):
+        await projection.record(compressed(0))
