@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import shutil
-import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -25,14 +23,15 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from localrun.samples import photo
-from localrun.supervisor import wait_for_port
 from shared.bus import Topology
 from shared.events import RequestCompleted
 from shared.mongo import Doc, Mongo, connect_mongo
 from shared.repository import image_key
 from shared.settings import Settings
-from tests.conftest import AMQP_URL, delete_topology, eventually, make_settings
+from tests.conftest import delete_topology, eventually, make_settings
 from tests.origin import Origin
+from tests.private_broker import PrivateBroker
+from tests.private_broker import available as private_broker_available
 from tests.stack import Stack, start_stack
 
 BATCH = 200
@@ -402,18 +401,12 @@ async def assert_drained(
         raise AssertionError(f"messages left over: {left}") from None
 
 
-def rabbitmqctl(*args: str, timeout: float = 60) -> str:
-    ctl = shutil.which("rabbitmqctl")
-    if ctl is None:
-        pytest.skip("rabbitmqctl is not installed; this test restarts the local RabbitMQ")
-    done = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=timeout, check=False)
-    assert done.returncode == 0, f"rabbitmqctl {' '.join(args)} failed: {done.stdout}{done.stderr}"
-    return done.stdout
-
-
-def broker_up() -> None:
-    """Start the broker's app if it is stopped, and wait until it takes connections."""
-    rabbitmqctl("start_app")
-    rabbitmqctl("await_startup")
-    address = urlsplit(AMQP_URL)
-    wait_for_port(address.hostname or "127.0.0.1", address.port or 5672, 30, "RabbitMQ")
+@pytest.fixture(scope="session")
+def private_broker() -> Iterator[PrivateBroker]:
+    """A RabbitMQ node of our own, to stop and start without disturbing anyone else's."""
+    if not private_broker_available():
+        pytest.skip("rabbitmq-server is not installed; this test restarts a RabbitMQ node")
+    broker = PrivateBroker()
+    broker.start()
+    yield broker
+    broker.stop()

@@ -12,44 +12,54 @@ from pathlib import Path
 import pytest
 
 from localrun.supervisor import Supervisor, free_port, secantus_argv, secantus_url, wait_for_port
-from shared.mongo import Mongo, connect_mongo
+from shared.mongo import connect_mongo
 from tests.faults.conftest import (
     CompletionSpy,
     StackFactory,
     assert_drained,
     assert_exact,
     assert_notified_once,
-    broker_up,
     make_batch,
     outcomes_recorded,
-    rabbitmqctl,
     run_batch,
     wait_completed,
     wait_for_outcomes,
 )
-from tests.stack import Stack
+from tests.private_broker import PrivateBroker
 
 pytestmark = pytest.mark.faults
 
 
 async def test_services_reconnect_after_a_broker_restart_mid_batch(
-    stack: Stack, mongo: Mongo, spy: CompletionSpy
+    start: StackFactory, private_broker: PrivateBroker
 ) -> None:
-    batch = make_batch(stack.origin, delay=0.4)  # stop_app takes a second or two: the batch must outlast it
-    request_id = await run_batch(stack, batch)
-
-    await wait_for_outcomes(mongo, request_id, at_least=20)
+    stack = await start(amqp_url=private_broker.url)
+    mongo = connect_mongo(stack.settings)
+    spy = CompletionSpy(stack.settings)
+    await spy.bind()
     try:
-        await asyncio.to_thread(rabbitmqctl, "stop_app")
-        assert await outcomes_recorded(mongo, request_id) < batch.size, "the batch finished before the outage"
-        await asyncio.sleep(1.0)  # long enough for every service to notice and start reconnecting
-    finally:
-        await asyncio.to_thread(broker_up)  # the machine's broker: up again whatever happened
+        batch = make_batch(
+            stack.origin, delay=0.4
+        )  # stop_app takes a second or two: the batch must outlast it
+        request_id = await run_batch(stack, batch)
 
-    await wait_completed(stack, mongo, request_id)
-    await assert_notified_once(stack, spy, request_id)
-    await assert_drained(stack)
-    await assert_exact(mongo, request_id, batch)
+        await wait_for_outcomes(mongo, request_id, at_least=20)
+        try:
+            await asyncio.to_thread(private_broker.stop_app)
+            assert await outcomes_recorded(mongo, request_id) < batch.size, (
+                "the batch finished before the outage"
+            )
+            await asyncio.sleep(1.0)  # long enough for every service to notice and start reconnecting
+        finally:
+            await asyncio.to_thread(private_broker.start_app)  # up again whatever happened
+
+        await wait_completed(stack, mongo, request_id)
+        await assert_notified_once(stack, spy, request_id)
+        await assert_drained(stack)
+        await assert_exact(mongo, request_id, batch)
+    finally:
+        await spy.delete()
+        await mongo.close()
 
 
 @dataclass
