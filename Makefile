@@ -3,7 +3,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-faults bench lint clean
+.PHONY: run test test-faults bench lint clean devtools asyncapi
+
+# Checkers from outside PyPI that the tests run (tests/devtools.py; kubectl comes with the machine).
+DEVSHARE        := $(VENV)/share/imagepipe-dev
+PROMTOOL        := $(VENV)/bin/promtool
+ASYNCAPI_SCHEMA := $(DEVSHARE)/asyncapi-3.0.0.json
+ASYNCAPI_SPECS  := 6.11.1
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,9 +21,30 @@ run: $(STAMP)  ## the whole system on this machine, in the foreground
 	$(PY) -m localrun
 
 test: $(STAMP)  ## lint, types, and every test (fault tests included)
+	-@$(MAKE) --no-print-directory devtools
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy shared services localrun
+	$(VENV)/bin/mypy shared services localrun tools
 	$(VENV)/bin/pytest -q
+
+devtools: $(PROMTOOL) $(ASYNCAPI_SCHEMA)
+
+# promtool from Debian's prometheus package: only that binary is extracted, no daemon is installed.
+$(PROMTOOL): | $(STAMP)
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cd "$$tmp" \
+	  && { apt-get download prometheus || { apt-get update -qq && apt-get download prometheus; }; } \
+	  && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool \
+	  && mv usr/bin/promtool "$(CURDIR)/$@"
+
+# The official AsyncAPI 3 JSON schema, from npm's @asyncapi/specs.
+$(ASYNCAPI_SCHEMA): | $(STAMP)
+	mkdir -p $(@D)
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cd "$$tmp" \
+	  && npm pack --silent @asyncapi/specs@$(ASYNCAPI_SPECS) >/dev/null \
+	  && tar -xzf asyncapi-specs-$(ASYNCAPI_SPECS).tgz package/schemas/3.0.0.json \
+	  && mv package/schemas/3.0.0.json "$(CURDIR)/$@"
+
+asyncapi: $(STAMP)  ## docs/asyncapi.yaml, generated from the code
+	$(PY) -m tools.asyncapi
 
 test-faults: $(STAMP)
 	$(VENV)/bin/pytest -q -m faults
