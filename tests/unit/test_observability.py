@@ -6,6 +6,7 @@ runs the rules' unit tests (alerts.test.yml). Without promtool the structural ch
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import pkgutil
@@ -38,6 +39,7 @@ TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped seri
 Doc = dict[str, Any]
 
 
+@functools.cache
 def _contract() -> Doc:
     contract: Doc = yaml.safe_load((PROMETHEUS / "metrics.yml").read_text())
     return contract
