@@ -141,7 +141,7 @@ def test_the_services_rabbitmq_user_is_the_one_in_their_url(manifests: Manifests
 
 
 def _bus_names(prefix: str) -> Iterator[str]:
-    topology = Topology(prefix, tuple(Settings().retry_delays_ms))
+    topology = Topology(prefix, tuple(Settings.model_construct().retry_delays_ms))
     yield topology.exchange
     for service in CONSUMERS:
         yield from topology.queues(service)
