@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-import time
 import tracemalloc
 
 import pytest
@@ -479,25 +478,18 @@ def test_memory_does_not_grow_with_the_file() -> None:
     assert peak < size / 3, (peak, size)
 
 
-def test_100k_rows_parse_in_well_under_a_second() -> None:
+def test_100k_rows_parse_in_bounded_chunks() -> None:
+    """How fast is the benchmark's business (`make bench`: the 100,000-row upload); here, that it works."""
     data = HEADER + "".join(
         f"{i},Product {i},https://img.example.com/p/{i}/main.jpg\r\n" for i in range(100_000)
     )
-    raw = data.encode()
-    best = float("inf")
-    for _ in range(3):  # best of a few: the machine may be busy with other tests
-        with tempfile.SpooledTemporaryFile(max_size=64 * 1024**2) as source:
-            source.write(raw)
-            source.seek(0)
-            started = time.perf_counter()
-            reader = CsvReader(source, CsvLimits.from_settings(Settings()))  # type: ignore[arg-type]
-            rows = sum(len(chunk) for chunk in reader.chunks(500))
-            reader.raise_if_invalid()
-            best = min(best, time.perf_counter() - started)
-        assert rows == 100_000
-        if best < 1.0:
-            break
-    assert best < 1.0, best
+    with tempfile.SpooledTemporaryFile(max_size=64 * 1024**2) as source:
+        source.write(data.encode())
+        source.seek(0)
+        reader = CsvReader(source, CsvLimits.from_settings(Settings()))  # type: ignore[arg-type]
+        sizes = [len(chunk) for chunk in reader.chunks(500)]
+        reader.raise_if_invalid()
+    assert (sum(sizes), max(sizes), len(sizes)) == (100_000, 500, 200)
 
 
 # --- API contract ------------------------------------------------------------------------------------------
