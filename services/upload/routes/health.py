@@ -12,13 +12,14 @@ from services.upload.openapi import Health, Readiness, ok
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", summary="Liveness", response_model=Health)
 async def healthz() -> dict[str, str]:
     return {"status": "ok", "service": "upload"}
 
 
 @router.get(
     "/readyz",
+    summary="Readiness: the database and the broker answer",
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "The database or the broker is unavailable."}},
 )
@@ -33,6 +34,7 @@ async def readyz(gateway: GatewayDep) -> JSONResponse:
 
 @router.get(
     "/metrics",
+    summary="Prometheus metrics",
     response_class=Response,
     responses=ok("Prometheus metrics.", media_type="text/plain"),
 )

@@ -25,7 +25,7 @@ function el(tag, attrs = {}, ...children) {
 function formatBytes(n) {
   if (n === null || n === undefined) return "–";
   if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(n < 100 * 1024 ? 1 : 0)} KB`;
   return `${(n / 1024 / 1024).toFixed(1)} MB`;
 }
 
@@ -238,7 +238,7 @@ function render(s) {
   $("count-failed").textContent = s.no_img_failed;
   $("count-total").textContent = s.total_images;
   $("saving").textContent = s.bytes_in ? `${saving(s.bytes_in, s.bytes_out)}%` : "–";
-  $("saving-label").textContent = s.bytes_in ? `saved: ${formatBytes(s.bytes_in)} → ${formatBytes(s.bytes_out)}` : "saved";
+  $("saving-label").textContent = s.bytes_in ? `saved · ${formatBytes(s.bytes_in)} → ${formatBytes(s.bytes_out)}` : "saved";
   const times = [`started ${when(s.created_at)}`];
   if (s.completed_at) times.push(`finished ${when(s.completed_at)}`);
   $("request-times").textContent = `${s.total_products} products · ${times.join(" · ")}`;
@@ -282,12 +282,13 @@ function renderFailures(s) {
 }
 
 function figure(caption, src, placeholder, bad) {
-  return el(
-    "figure",
-    {},
-    src ? el("img", { src, alt: caption, loading: "lazy", referrerpolicy: "no-referrer" }) : el("div", { class: `placeholder${bad ? " bad" : ""}` }, placeholder),
-    el("figcaption", {}, caption),
-  );
+  const box = (text, isBad) => el("div", { class: `placeholder${isBad ? " bad" : ""}` }, text);
+  let content = box(placeholder, bad);
+  if (src) {
+    content = el("img", { src, alt: caption, loading: "lazy", referrerpolicy: "no-referrer" });
+    content.addEventListener("error", () => content.replaceWith(box("not available")), { once: true });
+  }
+  return el("figure", {}, content, el("figcaption", {}, caption));
 }
 
 function thumb(image) {
@@ -302,7 +303,13 @@ function thumb(image) {
     "div",
     { class: "thumb", "data-status": image.status || "PENDING" },
     el("div", { class: "pair" }, figure("before", image.input_url), after),
-    el("div", { class: "meta" }, el("span", { class: "name", title: image.input_url }, image.product), sizes),
+    el(
+      "div",
+      { class: "meta" },
+      el("span", { class: "name", title: image.product }, image.product),
+      el("span", { class: "file", title: image.input_url }, image.input_url.split("/").pop() || image.input_url),
+      sizes,
+    ),
   );
 }
 
