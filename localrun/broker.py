@@ -51,26 +51,28 @@ def ensure_rabbitmq(amqp_url: str) -> bool:
     return True
 
 
-def ensure_console(amqp_url: str) -> str | None:
-    """The console's URL, once it answers. A local broker gets its management plugin turned on; a remote
-    one is not ours to configure, so its usual console address is given as it is. None if it cannot be."""
+def ensure_console(
+    amqp_url: str, *, node: str | None = None, port: int = CONSOLE_PORT, env: dict[str, str] | None = None
+) -> str | None:
+    """The console's URL, once it answers. A local broker gets its management plugin turned on (`node`
+    names a node other than the default one); a remote one is not ours to configure, so its usual console
+    address is given as it is. None if the console cannot be turned on."""
     host, _ = _host_port(amqp_url)
-    url = f"http://{'127.0.0.1' if host == 'localhost' else host}:{CONSOLE_PORT}/"
-    if host not in LOCAL_HOSTS or port_open(host, CONSOLE_PORT):
+    url = f"http://{'127.0.0.1' if host == 'localhost' else host}:{port}/"
+    if host not in LOCAL_HOSTS or port_open(host, port):
         return url
     plugins = shutil.which("rabbitmq-plugins")
     if plugins is None:
         log.warning("console_unavailable", why="rabbitmq-plugins not found")
         return None
     log.info("enabling_rabbitmq_console", command="rabbitmq-plugins enable rabbitmq_management")
-    done = subprocess.run(
-        [plugins, "enable", "rabbitmq_management"], capture_output=True, text=True, timeout=120, check=False
-    )
+    argv = [plugins, *(["-n", node] if node else []), "enable", "rabbitmq_management"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, env=env)
     if done.returncode != 0:
         log.warning("console_unavailable", error=(done.stderr or done.stdout).strip()[-300:])
         return None
     try:
-        wait_for_port(host, CONSOLE_PORT, 30, "the RabbitMQ console")
+        wait_for_port(host, port, 30, "the RabbitMQ console")
     except RuntimeError as exc:
         log.warning("console_unavailable", error=str(exc))
         return None
