@@ -42,7 +42,10 @@ class UploadForm(BaseModel):
     """The multipart form of `POST /upload`, parsed in routes/uploads.py and checked in intake.py."""
 
     file: bytes = Field(
-        description="The CSV: columns `S. No.`, `Product Name`, `Input Image Urls` (comma-separated URLs)."
+        description="The CSV: columns `S. No.`, `Product Name`, `Input Image Urls` (comma-separated URLs).",
+        examples=[
+            'S. No.,Product Name,Input Image Urls\n1,SKU1,"https://img.example.com/a.jpg, https://img.example.com/b.jpg"\n'
+        ],
     )
     email: str = Field(
         description="Who gets the completion email with the output CSV (also accepted as a query parameter).",
@@ -50,8 +53,10 @@ class UploadForm(BaseModel):
     )
     webhook_url: str | None = Field(
         None,
-        description="Optional: called (signed, Standard Webhooks) when the request completes.",
-        examples=["https://hooks.example.com/imagepipe"],
+        description="Optional: called (signed, Standard Webhooks) when the request completes, e.g. "
+        "`https://hooks.example.com/imagepipe`.",
+        # Empty, so that /docs pre-fills nothing ("string" otherwise) and "Try it out" calls no one.
+        examples=[""],
     )
     # Image options (issue 12) go here, one field each; the page and the CLI send them under the same names.
 

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Browser, async_playwright
 from pydantic import SecretStr
 
 from tests.conftest import delete_topology, make_settings
@@ -20,3 +22,19 @@ async def stack(secantus: str, tmp_root: Path) -> AsyncIterator[Stack]:
     yield stack
     await stack.close()
     await delete_topology(settings)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, driven by Playwright: never a downloaded browser."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            "/usr/bin/chromium is missing: `make test` installs it (apt-get install chromium) as root"
+        )
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM))
+        yield browser
+        await browser.close()
