@@ -66,7 +66,8 @@ def upload(api: Api, args: argparse.Namespace) -> Exit:
         f"[green]✓[/] accepted: {accepted['products']} products, {accepted['images']} images\n"
         f"  request  {request_id}\n  page     {api.page_url(request_id)}"
     )
-    out.print(request_id)
+    if not out.is_terminal:
+        out.print(request_id)  # for scripts: ID=$(imagepipe upload ...)
     return wait(api, request_id) if args.wait else Exit.OK
 
 

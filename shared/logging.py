@@ -45,11 +45,11 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> N
 
 
 def human_renderer() -> structlog.dev.ConsoleRenderer:
-    """`12:00:01 info    compressor-1  image_compressed         request_id=... bytes_in=...`"""
+    """`12:00:01 info    compressor    image_compressed           request_id=... bytes_in=...`"""
 
-    def column(key: str, width: int = 0) -> structlog.dev.Column:
+    def column(key: str, width: int = 0, *, named: bool = False) -> structlog.dev.Column:
         formatter = structlog.dev.KeyValueColumnFormatter(
-            key_style=None if key else "", value_style="", reset_style="", value_repr=str, width=width
+            key_style="" if named else None, value_style="", reset_style="", value_repr=str, width=width
         )
         return structlog.dev.Column(key, formatter)
 
@@ -58,7 +58,8 @@ def human_renderer() -> structlog.dev.ConsoleRenderer:
         column("level", 7),
         column("service", 13),
         column("event", 26),
-        column(""),
+        column("request_id", named=True),  # first of the key=values: what a reader follows
+        column("", named=True),
     ]
     return structlog.dev.ConsoleRenderer(columns=columns, exception_formatter=structlog.dev.plain_traceback)
 

@@ -72,5 +72,5 @@ def test_people_get_one_aligned_line_per_event() -> None:
     event = {"timestamp": "12:00:01", "level": "info", "service": "compressor", "event": "image_compressed"}
     line = human_renderer()(None, "info", {**event, "request_id": "r1", "bytes_in": 10})
     assert re.fullmatch(
-        r"12:00:01 info +compressor +image_compressed +bytes_in=10 request_id=r1", str(line)
+        r"12:00:01 info +compressor +image_compressed +request_id=r1 bytes_in=10", str(line)
     ), line

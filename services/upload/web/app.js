@@ -237,8 +237,8 @@ function render(s) {
   $("count-compressed").textContent = s.no_img_compressed;
   $("count-failed").textContent = s.no_img_failed;
   $("count-total").textContent = s.total_images;
-  $("saving").textContent = s.bytes_in ? `${saving(s.bytes_in, s.bytes_out)}%` : "–";
-  $("saving-label").textContent = s.bytes_in ? `saved · ${formatBytes(s.bytes_in)} → ${formatBytes(s.bytes_out)}` : "saved";
+  $("saving").textContent = s.bytes_in ? `\u2212${saving(s.bytes_in, s.bytes_out)}%` : "–";
+  $("saving-label").textContent = s.bytes_in ? `${formatBytes(s.bytes_in)} → ${formatBytes(s.bytes_out)}` : "saved";
   const times = [`started ${when(s.created_at)}`];
   if (s.completed_at) times.push(`finished ${when(s.completed_at)}`);
   $("request-times").textContent = `${s.total_products} products · ${times.join(" · ")}`;
