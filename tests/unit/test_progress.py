@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,35 +46,38 @@ async def stored_request(repo: FakeRequestRepository, rows: int, urls_per_row: i
     return "req-1"
 
 
-def compressed(index: int, url: str) -> OutcomeDoc:
-    return OutcomeDoc(
-        request_id="req-1",
-        index=index,
-        url=url,
-        status=OutcomeStatus.COMPRESSED,
-        at=datetime.now(UTC),
-        file_id=f"{index:032x}",
-        content_type="image/jpeg",
-        input_bytes=1000,
-        output_bytes=250,
+def outcome(index: int, url: str, *, failed: bool = False) -> OutcomeDoc:
+    details: dict[str, Any] = (
+        {"reason": "HTTP 404"}
+        if failed
+        else {
+            "file_id": f"{index:032x}",
+            "content_type": "image/jpeg",
+            "input_bytes": 1000,
+            "output_bytes": 250,
+        }
     )
+    status = OutcomeStatus.FAILED if failed else OutcomeStatus.COMPRESSED
+    return OutcomeDoc(
+        request_id="req-1", index=index, url=url, status=status, at=datetime.now(UTC), **details
+    )  # type: ignore[typeddict-item]
 
 
-def failed(index: int, url: str) -> OutcomeDoc:
-    return OutcomeDoc(
-        request_id="req-1",
-        index=index,
-        url=url,
-        status=OutcomeStatus.FAILED,
-        at=datetime.now(UTC),
-        reason="HTTP 404",
-    )
+def renderer(repo: FakeRequestRepository, request_id: str) -> Callable[[], Awaitable[bytes]]:
+    async def render() -> bytes:
+        request = await repo.get(request_id)
+        assert request is not None
+        return await render_progress(repo, request, LINKS)
+
+    return render
 
 
 async def test_a_snapshot_has_the_counts_and_before_after_of_the_first_images() -> None:
     repo = FakeRequestRepository()
     request_id = await stored_request(repo, rows=20)  # 40 images, more than a snapshot shows
-    await repo.record_outcomes(request_id, [compressed(0, "http://o/0-0.jpg"), failed(1, "http://o/0-1.jpg")])
+    await repo.record_outcomes(
+        request_id, [outcome(0, "http://o/0-0.jpg"), outcome(1, "http://o/0-1.jpg", failed=True)]
+    )
     request = await repo.get(request_id)
     assert request is not None
 
@@ -100,13 +104,12 @@ async def test_watchers_of_one_request_share_one_rendering_per_interval() -> Non
     repo = FakeRequestRepository()
     request_id = await stored_request(repo, rows=2)
     renders = 0
+    render_once = renderer(repo, request_id)
 
     async def render() -> bytes:
         nonlocal renders
         renders += 1
-        request = await repo.get(request_id)
-        assert request is not None
-        return await render_progress(repo, request, LINKS)
+        return await render_once()
 
     interval = 0.2
     cache = ShortLivedCache(interval)
@@ -117,9 +120,7 @@ async def test_watchers_of_one_request_share_one_rendering_per_interval() -> Non
     started = time.monotonic()
     watchers = [asyncio.create_task(collect(progress_events(shared, interval))) for _ in range(25)]
     await asyncio.sleep(1.5)
-    await repo.record_outcomes(
-        request_id, [compressed(i, f"http://o/{i // 2}-{i % 2}.jpg") for i in range(4)]
-    )
+    await repo.record_outcomes(request_id, [outcome(i, f"http://o/{i // 2}-{i % 2}.jpg") for i in range(4)])
     results = await asyncio.wait_for(asyncio.gather(*watchers), 10)
     elapsed = time.monotonic() - started
 
@@ -134,14 +135,9 @@ async def test_watchers_of_one_request_share_one_rendering_per_interval() -> Non
 async def test_a_final_request_sends_one_event_and_ends() -> None:
     repo = FakeRequestRepository()
     request_id = await stored_request(repo, rows=1, urls_per_row=1)
-    await repo.record_outcomes(request_id, [compressed(0, "http://o/0-0.jpg")])
+    await repo.record_outcomes(request_id, [outcome(0, "http://o/0-0.jpg")])
 
-    async def render() -> bytes:
-        request = await repo.get(request_id)
-        assert request is not None
-        return await render_progress(repo, request, LINKS)
-
-    events = await asyncio.wait_for(collect(progress_events(render, 0.05)), 5)
+    events = await asyncio.wait_for(collect(progress_events(renderer(repo, request_id), 0.05)), 5)
     assert [e["event"] for e in events] == ["progress"]
     assert orjson.loads(events[0]["data"])["status"] == "COMPLETED"
 
