@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,7 @@ class Where:
 def banner(where: Where) -> str:
     user = urlsplit(where.amqp_url).username or "guest"
     console = (
-        f"{where.console}#/queues/{quote(where.vhost, safe='')}  (sign in as {user}; vhost {where.vhost}, "
-        f"queues {where.bus_prefix}.*)"
+        f"{where.console}#/queues  (sign in as {user}; vhost {where.vhost}; filter by {where.bus_prefix}.)"
         if where.console
         else "off: run `rabbitmq-plugins enable rabbitmq_management` (see README, Troubleshooting)"
     )
