@@ -8,16 +8,12 @@ import csv
 import io
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
-from pydantic import SecretStr
 
 from cli.exit_codes import Exit
 from localrun.samples import photo
-from localrun.supervisor import Supervisor, free_port, wait_for_port
-from tests.conftest import settings_env
+from localrun.supervisor import free_port
+from tests.e2e.conftest import API_KEY
 from tests.e2e.test_pipeline import product_csv
 from tests.stack import Stack
 
@@ -109,25 +105,11 @@ async def test_a_request_still_running_is_pending(stack: Stack, tmp_path: Path) 
     assert code == Exit.OK
 
 
-KEY = "k-" + "c" * 30
-
-
-@pytest.fixture
-async def secured_api(stack: Stack, tmp_path: Path) -> AsyncIterator[str]:
-    """A second gateway on the same system, with API keys on."""
-    settings = stack.settings.model_copy(update={"port": free_port(), "api_keys": [SecretStr(KEY)]})
-    supervisor = Supervisor(settings_env(settings), log_dir=tmp_path)
-    supervisor.start_service("upload")
-    await asyncio.to_thread(wait_for_port, "127.0.0.1", settings.port, 30, "the secured API")
-    yield settings.base_url
-    supervisor.stop_all(grace=10)
-
-
 async def test_the_api_key_comes_from_the_environment(stack: Stack, secured_api: str, tmp_path: Path) -> None:
     path = catalogue(stack, tmp_path, "clikey", 1)
     code, _, err = await imagepipe(secured_api, "upload", str(path), "--email", "a@example.com")
     assert code == Exit.REFUSED and "401" in err and "IMAGEPIPE_API_KEY" in err
     code, _, err = await imagepipe(
-        secured_api, "upload", str(path), "--email", "a@example.com", "--wait", key=KEY
+        secured_api, "upload", str(path), "--email", "a@example.com", "--wait", key=API_KEY
     )
     assert code == Exit.OK, err

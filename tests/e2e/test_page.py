@@ -11,6 +11,7 @@ from pathlib import Path
 from playwright.async_api import Browser, expect
 
 from localrun.samples import photo
+from tests.e2e.conftest import API_KEY
 from tests.e2e.test_pipeline import product_csv
 from tests.stack import Stack
 
@@ -85,4 +86,26 @@ async def test_a_rejected_csv_is_explained_on_the_page(
     await expect(error).to_be_visible()
     await expect(error).to_contain_text("row 2, column Product Name: blank product name")
     assert page.url == f"{stack.api}/"
+    await page.close()
+
+
+async def test_with_api_keys_on_the_page_asks_for_one_and_follows_with_it(
+    stack: Stack, secured_api: str, browser: Browser, tmp_path: Path
+) -> None:
+    stack.origin.images["key-0.jpg"] = photo(300, 200, seed=5)
+    csv_path = tmp_path / "keyed.csv"
+    csv_path.write_text(product_csv([("1", "Keyed", [stack.origin.url("key-0.jpg")])]))
+    page = await browser.new_page()
+    await page.goto(f"{secured_api}/")
+    await page.locator("#file").set_input_files(csv_path)
+    await page.locator("#email").fill("team@example.com")
+    await page.get_by_role("button", name="Upload and compress").click()
+    await expect(page.locator("#key-panel")).to_be_visible()  # refused: the page asks for a key
+    await expect(page.locator("#upload-error")).to_contain_text("API key")
+    await page.locator("#key-input").fill(API_KEY)
+    await page.get_by_role("button", name="Save").click()
+    await page.get_by_role("button", name="Upload and compress").click()
+    # The live page follows with the key (EventSource: as ?api_key=) to the end.
+    await expect(page.locator("#state")).to_have_text("COMPLETED", timeout=60_000)
+    await expect(page.locator('.thumb[data-status="COMPRESSED"]')).to_have_count(1)
     await page.close()
