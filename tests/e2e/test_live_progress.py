@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from localrun.samples import photo
 from services.upload.openapi import ProgressSnapshot
+from tests.conftest import eventually
 from tests.e2e.test_pipeline import product_csv
 from tests.stack import Stack
 
@@ -43,3 +45,19 @@ async def test_progress_is_pushed_until_the_request_is_final(stack: Stack) -> No
     # A final request: one event, and the stream ends at once.
     again = await asyncio.wait_for(read_events(stack, accepted["request_id"]), 10)
     assert len(again) == 1 and ProgressSnapshot.model_validate_json(again[0][1]).status == "COMPLETED"
+
+
+async def test_the_access_log_line_of_a_stream_carries_its_request_id(stack: Stack) -> None:
+    stack.origin.images["sse-log.jpg"] = photo(200, 100, seed=3)
+    accepted = await stack.upload(product_csv([("1", "A", [stack.origin.url("sse-log.jpg")])]))
+    request_id = accepted["request_id"]
+    await asyncio.wait_for(read_events(stack, request_id), 60)
+    assert stack.supervisor.log_dir is not None
+    log_file = stack.supervisor.log_dir / "upload.log"
+
+    def stream_lines() -> list[dict[str, object]]:
+        records = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
+        return [r for r in records if r.get("path") == f"/status/{request_id}/events"]
+
+    lines = await eventually(stream_lines)
+    assert all(line["request_id"] == request_id and line["status"] == 200 for line in lines)
