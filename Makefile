@@ -2,8 +2,9 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-faults bench lint clean devtools asyncapi
+.PHONY: run test test-faults bench lint clean devtools asyncapi chromium
 
 # Checkers from outside PyPI that the tests run (tests/devtools.py; kubectl comes with the machine).
 DEVSHARE        := $(VENV)/share/imagepipe-dev
@@ -20,10 +21,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## the whole system on this machine, in the foreground
 	$(PY) -m localrun
 
-test: $(STAMP)  ## lint, types, and every test (fault tests included)
+test: $(STAMP) chromium  ## lint, types, and every test (fault tests included)
 	-@$(MAKE) --no-print-directory devtools
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy shared services localrun tools
+	$(VENV)/bin/mypy shared services localrun tools cli
 	$(VENV)/bin/pytest -q
 
 devtools: $(PROMTOOL) $(ASYNCAPI_SCHEMA)
@@ -46,6 +47,17 @@ $(ASYNCAPI_SCHEMA): | $(STAMP)
 asyncapi: $(STAMP)  ## docs/asyncapi.yaml, generated from the code
 	$(PY) -m tools.asyncapi
 
+# The page and /docs tests drive Debian's Chromium through Playwright (which never downloads a browser).
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "The browser tests need $(CHROMIUM): sudo apt-get install chromium" >&2; exit 1; \
+	  fi; \
+	fi
+
 test-faults: $(STAMP)
 	$(VENV)/bin/pytest -q -m faults
 
@@ -56,4 +68,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf var .pytest_cache .mypy_cache
+	rm -rf var .pytest_cache .mypy_cache .hypothesis

@@ -96,8 +96,10 @@ class Supervisor:
         *,
         extra_env: dict[str, str] | None = None,
         restart: bool | None = None,
+        log_file: Path | None = None,
     ) -> Managed:
-        log_file = self.log_dir / f"{name}.log" if self.log_dir else None
+        """`log_file` (or `log_dir`/<name>.log) takes the process's output; else it goes to ours."""
+        log_file = log_file or (self.log_dir / f"{name}.log" if self.log_dir else None)
         managed = Managed(
             name,
             argv,

@@ -40,6 +40,11 @@ class RequestStatus(StrEnum):
     COMPLETED = "COMPLETED"
 
 
+# Nothing changes a request in these states any more (the lifecycle issue adds CANCELLED): live progress
+# streams end there.
+FINAL_STATUSES = frozenset({RequestStatus.COMPLETED})
+
+
 class OutcomeStatus(StrEnum):
     COMPRESSED = "COMPRESSED"
     FAILED = "FAILED"

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     public_base_url: str | None = None  # absolute base for links we hand out; default http://host:port
     api_keys: list[SecretStr] = Field(default_factory=list)  # empty: no auth (local mode)
     status_cache_seconds: float = 1.0  # how long one rendering of GET /status serves every poll
+    # live progress (GET /status/{id}/events): one rendering per request per interval, shared by its watchers
+    events_interval_seconds: float = Field(default=1.0, gt=0)
 
     # --- upload limits --------------------------------------------------------------------------------
     max_csv_bytes: int = 20 * 1024 * 1024

@@ -24,6 +24,7 @@ class PrivateBroker:
         self.name = f"imagepipe-test-{uuid.uuid4().hex[:8]}@localhost"
         self.port = free_port()
         self.base = Path(tempfile.mkdtemp(prefix="imagepipe-rabbitmq-"))
+        self.console_port = free_port()  # where its console listens once the management plugin is on
 
     @property
     def url(self) -> str:
@@ -34,6 +35,10 @@ class PrivateBroker:
             f"listeners.tcp.local = 127.0.0.1:{self.port}\nloopback_users = none\n"
         )
         (self.base / "enabled_plugins").write_text("[].\n")
+        # Erlang terms, not rabbitmq.conf: the .conf refuses settings of a plugin that is not enabled yet.
+        (self.base / "advanced.config").write_text(
+            f"[{{rabbitmq_management, [{{tcp_config, [{{port, {self.console_port}}}]}}]}}].\n"
+        )
         if os.geteuid() == 0:  # the server runs as the rabbitmq user, which must own its files
             shutil.chown(self.base, "rabbitmq", "rabbitmq")
             for child in self.base.iterdir():
@@ -45,10 +50,12 @@ class PrivateBroker:
             "RABBITMQ_DIST_PORT": str(free_port()),
             "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.base / "advanced.config"),
             "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
             "RABBITMQ_LOG_BASE": str(self.base / "log"),
             "RABBITMQ_PID_FILE": str(self.base / "node.pid"),
         }
+        self.env = env
         subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, timeout=NODE_TIMEOUT_S)
         wait_for_port("127.0.0.1", self.port, NODE_TIMEOUT_S, f"RabbitMQ node {self.name}")
 

@@ -1,7 +1,8 @@
 """The API gateway's composition root: its parts, its middleware and its routes, wired once.
 
 Writes go through the outbox (relay.py); reads come straight from the read model the status service
-maintains. Routes live in routes/, the write path in intake.py, every error's shape in errors.py.
+maintains. Routes live in routes/, the write path in intake.py, every error's shape in errors.py, what
+/docs shows in openapi.py, the web page in web/.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from services.upload.csv_input import CsvLimits
 from services.upload.deps import Gateway
 from services.upload.errors import install_error_handlers
 from services.upload.middleware import AccessLog, BodySizeLimit
+from services.upload.openapi import DESCRIPTION, install_openapi
 from services.upload.relay import OutboxRelay
-from services.upload.routes import health, images, notifications, requests, uploads
+from services.upload.routes import events, health, images, notifications, page, requests, uploads
 from services.upload.status_view import ShortLivedCache
 from shared.runtime import Runtime
 from shared.settings import Settings, get_settings
@@ -28,9 +31,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     runtime = Runtime.create("upload", settings)
     relay = OutboxRelay(runtime.repo, runtime.bus)
-    gateway = Gateway(
-        runtime, relay, CsvLimits.from_settings(settings), ShortLivedCache(settings.status_cache_seconds)
-    )
+    caches = ShortLivedCache(settings.status_cache_seconds), ShortLivedCache(settings.events_interval_seconds)
+    gateway = Gateway(runtime, relay, CsvLimits.from_settings(settings), *caches)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -40,15 +42,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await runtime.shutdown()
 
-    app = FastAPI(title="imagepipe", version="1.0", lifespan=lifespan)
+    # /docs and /redoc load Swagger UI and ReDoc from this server (fastapi-offline), never from a CDN.
+    app = FastAPIOffline(title="imagepipe", version="1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.gateway = gateway
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(
         BodySizeLimit, path="/upload", max_bytes=settings.max_csv_bytes + UPLOAD_OVERHEAD_BYTES
     )
     app.add_middleware(AccessLog)  # added last, so outermost: it also logs what the size limit refuses
-    for module in (uploads, requests, images, notifications, health):
+    for module in (uploads, requests, events, images, notifications, health, page):
         app.include_router(module.router)
+    app.mount(page.STATIC_PATH, page.static_files, name="static")
     return app
 
 

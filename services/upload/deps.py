@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import structlog
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPBearer
 
 from services.upload.csv_input import CsvLimits
 from services.upload.errors import ApiError
@@ -23,6 +24,7 @@ class Gateway:
     relay: OutboxRelay
     limits: CsvLimits
     status_cache: ShortLivedCache
+    progress_cache: ShortLivedCache  # live progress renderings, shared by every watcher of a request
 
     async def request_or_404(self, request_id: str, *, notifications: bool = True) -> RequestDoc:
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -44,22 +46,63 @@ def _gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(_gateway)]
 
 
-def presented_key(request: Request) -> str:
-    return request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
-        "Bearer "
-    )
+# The security schemes /docs offers under "Authorize". auto_error=False: require_api_key decides, so that auth
+# can be off (local mode) and every refusal has the one error shape.
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name="ApiKey",
+    description="One of IMAGEPIPE_API_KEYS (only needed when keys are configured).",
+    auto_error=False,
+)
+BEARER = HTTPBearer(scheme_name="Bearer", description="The same API key as a Bearer token.", auto_error=False)
+# EventSource cannot send headers, so the live-progress route alone also takes the key as `?api_key=`.
+API_KEY_QUERY = APIKeyQuery(
+    name="api_key",
+    scheme_name="ApiKeyQuery",
+    description="The API key as a query parameter: GET /status/{id}/events only (browsers' EventSource).",
+    auto_error=False,
+)
+SECURITY: list[dict[str, list[str]]] = [
+    {"ApiKey": []},
+    {"Bearer": []},
+]  # for routes that check the key themselves (openapi_extra)
 
 
-async def require_api_key(request: Request, gateway: GatewayDep) -> None:
-    """With IMAGEPIPE_API_KEYS set, every route that uses this needs one of them (X-API-Key or Bearer)."""
+def presented_key(request: Request, *, query: bool = False) -> str:
+    key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+    return key or (request.query_params.get("api_key", "") if query else "")
+
+
+def _check_key(presented: str, gateway: Gateway) -> None:
     keys = gateway.runtime.settings.api_keys
     if not keys:
         return
-    presented = presented_key(request)
     if not presented or not any(
         hmac.compare_digest(presented.encode(), k.get_secret_value().encode()) for k in keys
     ):
         raise ApiError(401, "missing or invalid API key (send it as X-API-Key)")
 
 
+async def require_api_key(
+    request: Request,
+    gateway: GatewayDep,
+    _header: Annotated[str | None, Security(API_KEY_HEADER)] = None,
+    _bearer: Annotated[object, Security(BEARER)] = None,
+) -> None:
+    """With IMAGEPIPE_API_KEYS set, every route that uses this needs one of them (X-API-Key or Bearer)."""
+    _check_key(presented_key(request), gateway)
+
+
+async def require_api_key_or_query(
+    request: Request,
+    gateway: GatewayDep,
+    _header: Annotated[str | None, Security(API_KEY_HEADER)] = None,
+    _bearer: Annotated[object, Security(BEARER)] = None,
+    _query: Annotated[str | None, Security(API_KEY_QUERY)] = None,
+) -> None:
+    """require_api_key, also taking `?api_key=`: for the one route a browser opens with EventSource."""
+    _check_key(presented_key(request, query=True), gateway)
+
+
 ApiKey = Depends(require_api_key)
+ApiKeyOrQuery = Depends(require_api_key_or_query)

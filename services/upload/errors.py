@@ -12,6 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from shared.mongo import StorageError
+
 
 def problem(
     reason: str, *, field: str | None = None, row: int | None = None, column: str | None = None
@@ -47,6 +49,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid_parameters(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [problem(e["msg"], field=str(e["loc"][-1])) for e in exc.errors()]
         return JSONResponse(error_body("invalid request parameters", problems), status_code=400)
+
+    @app.exception_handler(StorageError)
+    async def storage_unavailable(_: Request, exc: StorageError) -> JSONResponse:
+        # A read while the database is down: say so, and when to retry, rather than a bare 500.
+        error = ApiError(503, "the database is unavailable; try again shortly")
+        return await api_error(_, error)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:

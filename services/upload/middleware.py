@@ -13,7 +13,7 @@ from services.upload.errors import error_body, problem
 
 log = structlog.get_logger()
 
-REQUEST_PATH = re.compile(r"^/(?:status|output)/(?P<request_id>[A-Za-z0-9_-]{16,64})$")
+REQUEST_PATH = re.compile(r"^/(?:status|output)/(?P<request_id>[A-Za-z0-9_-]{16,64})(?:/events)?$")
 
 
 class AccessLog:

@@ -25,9 +25,24 @@ async def render_status(
     repo: RequestRepository, request: RequestDoc, links: Links, offset: int, limit: int, view: View
 ) -> bytes:
     request_id = request["_id"]
+    body = summary(request, links)
+    if view == "full":
+        body["product_details"] = [
+            _product(row, outcomes, links)
+            async for row, outcomes in repo.rows_with_outcomes(request_id, offset, limit)
+        ]
+        body["page"] = {"offset": offset, "limit": limit, "total_products": request["total_products"]}
+        body["notifications"] = request.get("notifications", [])
+    # Serialised directly: FastAPI's generic encoder costs more than the rest of the request.
+    return orjson.dumps(body)
+
+
+def summary(request: RequestDoc, links: Links) -> dict[str, Any]:
+    """The request's progress and counts, without its products (`view=summary`)."""
+    request_id = request["_id"]
     done = request["no_img_compressed"] + request["no_img_failed"]
     completed = request["status"] == RequestStatus.COMPLETED
-    body: dict[str, Any] = {
+    return {
         "request_id": request_id,
         "status": request["status"],
         "progress": round(100 * done / request["total_images"], 1) if request["total_images"] else 100.0,
@@ -42,15 +57,6 @@ async def render_status(
         "failures": request.get("failures", []),
         "output_csv_url": links.output(request_id) if completed else None,
     }
-    if view == "full":
-        body["product_details"] = [
-            _product(row, outcomes, links)
-            async for row, outcomes in repo.rows_with_outcomes(request_id, offset, limit)
-        ]
-        body["page"] = {"offset": offset, "limit": limit, "total_products": request["total_products"]}
-        body["notifications"] = request.get("notifications", [])
-    # Serialised directly: FastAPI's generic encoder costs more than the rest of the request.
-    return orjson.dumps(body)
 
 
 def _product(row: RowDoc, outcomes: list[OutcomeDoc | None], links: Links) -> dict[str, Any]:

@@ -7,16 +7,22 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.upload.deps import GatewayDep
+from services.upload.openapi import Health, Readiness, ok
 
-router = APIRouter()
+router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", summary="Liveness", response_model=Health)
 async def healthz() -> dict[str, str]:
     return {"status": "ok", "service": "upload"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    summary="Readiness: the database and the broker answer",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "The database or the broker is unavailable."}},
+)
 async def readyz(gateway: GatewayDep) -> JSONResponse:
     db = await gateway.runtime.mongo.ping()
     broker = gateway.runtime.bus.is_ready
@@ -26,6 +32,11 @@ async def readyz(gateway: GatewayDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses=ok("Prometheus metrics.", media_type="text/plain"),
+)
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

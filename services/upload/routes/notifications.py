@@ -9,18 +9,40 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Request
 
-from services.upload.deps import GatewayDep, require_api_key
+from services.upload.deps import SECURITY, GatewayDep, require_api_key
 from services.upload.errors import ApiError, problem
+from services.upload.openapi import RenotifyQueued, RenotifyRequest, errors
 from shared.events import NotificationRequested
 from shared.repository import RequestStatus
 from shared.webhooks import verify
 
 log = structlog.get_logger()
-router = APIRouter()
+router = APIRouter(tags=["notifications"])
 
 
-@router.post("/webhook-completed", status_code=202)
+@router.post(
+    "/webhook-completed",
+    status_code=202,
+    summary="Send the completion email again",
+    response_model=RenotifyQueued,
+    responses=errors(400, 401, 404, 409, 429, 503),
+    openapi_extra={
+        "security": SECURITY,
+        "parameters": [
+            {"name": "request_id", "in": "query", "required": False, "schema": {"type": "string"}}
+        ],
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {"schema": RenotifyRequest.model_json_schema()},
+                "application/x-www-form-urlencoded": {"schema": RenotifyRequest.model_json_schema()},
+            },
+        },
+    },
+)
 async def webhook_completed(request: Request, gateway: GatewayDep) -> dict[str, Any]:
+    """`request_id` as JSON, a form field or a query parameter. With keys on, an API key or a valid
+    Standard Webhooks signature (then the id is taken from the signed JSON body only)."""
     raw = await request.body()
     signed = await _authorise(request, raw, gateway)
     request_id = await _request_id_from(request, raw, signed_body_only=signed)

@@ -7,14 +7,20 @@ from fastapi.responses import StreamingResponse
 
 from services.upload.deps import ApiKey, GatewayDep
 from services.upload.errors import ApiError, problem
+from services.upload.openapi import StatusBody, errors, ok
 from services.upload.status_view import View, render_status
 from shared.output_csv import output_csv
 from shared.repository import RequestStatus
 
-router = APIRouter(dependencies=[ApiKey])
+router = APIRouter(dependencies=[ApiKey], tags=["requests"])
 
 
-@router.get("/status/{request_id}")
+@router.get(
+    "/status/{request_id}",
+    summary="A request's progress",
+    response_model=None,
+    responses=ok("The progress, and a page of products.", StatusBody) | errors(400, 401, 404, 503),
+)
 async def status(
     request_id: str, gateway: GatewayDep, offset: int = 0, limit: int = 20, view: View = "full"
 ) -> Response:
@@ -30,7 +36,13 @@ async def status(
     return Response(body, media_type="application/json")
 
 
-@router.get("/output/{request_id}")
+@router.get(
+    "/output/{request_id}",
+    summary="The output CSV",
+    response_class=StreamingResponse,
+    responses=ok("The input rows plus `Output Image Urls`.", media_type="text/csv")
+    | errors(401, 404, 409, 503),
+)
 async def output(request_id: str, gateway: GatewayDep) -> StreamingResponse:
     request = await gateway.request_or_404(request_id, notifications=False)
     if request["status"] != RequestStatus.COMPLETED:

@@ -12,17 +12,28 @@ from services.upload.csv_input import CsvRejected
 from services.upload.deps import ApiKey, GatewayDep
 from services.upload.errors import ApiError, problem
 from services.upload.intake import form_problems, store_request
+from services.upload.openapi import UploadAccepted, UploadForm, errors, multipart_body
 from shared.mongo import StorageError
 from shared.repository import new_request_id
 
 log = structlog.get_logger()
-router = APIRouter()
+router = APIRouter(tags=["uploads"])
 
 UPLOADS = Counter("imagepipe_upload_requests_total", "Upload attempts, by outcome", ["outcome"])
 
 
-@router.post("/upload", status_code=202, dependencies=[ApiKey])
+@router.post(
+    "/upload",
+    status_code=202,
+    dependencies=[ApiKey],
+    summary="Upload a CSV of products",
+    response_model=UploadAccepted,
+    responses=errors(400, 401, 413, 415, 422, 503),
+    openapi_extra=multipart_body(UploadForm),
+)
 async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
+    """Validates the whole CSV before accepting anything, then queues every image; answers at once with
+    the `request_id` to follow. `email` may also be sent as a query parameter."""
     settings = gateway.runtime.settings
     form = await request.form(max_files=1, max_fields=10)
     file = form.get("file")

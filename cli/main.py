@@ -1,0 +1,53 @@
+"""`imagepipe`: upload a CSV, follow it, read its status, download its results.
+
+    imagepipe upload FILE --email ADDR [--webhook URL] [--wait] [--url BASE]
+    imagepipe status ID [--wait] [--json] [--url BASE]
+    imagepipe download ID -o DIR [--url BASE]
+
+The API's address is --url, else IMAGEPIPE_URL, else the local API; the key, if the server wants one, is
+IMAGEPIPE_API_KEY. Exit codes are in exit_codes.py (and `imagepipe --help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from cli import commands
+from cli.api import Api, CliError
+from cli.exit_codes import HELP, Exit
+
+# Every subcommand, in the order `--help` lists them: add a new one here.
+COMMANDS = (commands.add_upload, commands.add_status, commands.add_download)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="imagepipe",
+        description="Compress product images: upload a CSV, follow its progress, download the results.",
+        epilog=f"environment: IMAGEPIPE_URL (the API), IMAGEPIPE_API_KEY\n\nexit codes:\n{HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subcommands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(subcommands)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    api = Api(args.url, os.environ.get("IMAGEPIPE_API_KEY") or None)
+    try:
+        code = args.run(api, args)
+    except CliError as exc:
+        commands.err.print(f"[red]error:[/] {exc.message}")
+        for p in exc.problems:
+            where = ", ".join(
+                x for x in (p.get("row") and f"row {p['row']}", p.get("column"), p.get("field")) if x
+            )
+            commands.err.print(f"  - {where + ': ' if where else ''}{p.get('reason', '')}")
+        code = exc.code
+    except KeyboardInterrupt:
+        code = Exit.INTERRUPTED
+    sys.exit(int(code))

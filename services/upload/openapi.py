@@ -1,0 +1,263 @@
+"""What /docs shows: the answers' models, the upload form, the error answers of each route, the tags.
+
+The routes stay fast and hand-parsed (the upload form, the status rendering); these models describe what
+they send and accept, and tests/integration/test_openapi.py holds the two together (schemathesis checks every
+answer against them). A new form field of `POST /upload` (issue 12's image options) goes into `UploadForm`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, Field
+
+from shared.repository import OutcomeStatus, RequestStatus
+
+EXAMPLE_ID = "Xq3rT0a9VbKp2LmN4cD8eQ"
+
+DESCRIPTION = """Upload a CSV of product image URLs; imagepipe compresses every image, tracks progress and tells you
+when the batch is done (an email with the output CSV, and a signed webhook if you gave one).
+
+**Try it:** `POST /upload` → *Try it out* → choose `samples/products.csv`, give an email, *Execute*; then
+follow the `request_id` with `GET /status/{request_id}`, or open the web page at `/r/{request_id}`.
+
+**Errors** all have one shape, `{"error": ..., "problems": [{"row", "column", "field", "reason"}]}`.
+
+**API keys** are needed only when the server sets `IMAGEPIPE_API_KEYS`: use *Authorize* (X-API-Key)."""
+
+TAGS = [
+    {"name": "uploads", "description": "Send a CSV of products and their image URLs."},
+    {"name": "requests", "description": "Follow a request: its progress, live events, its output CSV."},
+    {"name": "images", "description": "The compressed images (public, unguessable links)."},
+    {"name": "notifications", "description": "Send a finished request's email again."},
+    {"name": "operations", "description": "Liveness, readiness and metrics."},
+]
+
+
+# --- the upload form ------------------------------------------------------------------------------------
+class UploadForm(BaseModel):
+    """The multipart form of `POST /upload`, parsed in routes/uploads.py and checked in intake.py."""
+
+    file: bytes = Field(
+        description="The CSV: columns `S. No.`, `Product Name`, `Input Image Urls` (comma-separated URLs).",
+        examples=[
+            'S. No.,Product Name,Input Image Urls\n1,SKU1,"https://img.example.com/a.jpg, https://img.example.com/b.jpg"\n'
+        ],
+    )
+    email: str = Field(
+        description="Who gets the completion email with the output CSV (also accepted as a query parameter).",
+        examples=["you@example.com"],
+    )
+    webhook_url: str | None = Field(
+        None,
+        description="Optional: called (signed, Standard Webhooks) when the request completes, e.g. "
+        "`https://hooks.example.com/imagepipe`.",
+        # Empty, so that /docs pre-fills nothing ("string" otherwise) and "Try it out" calls no one.
+        examples=[""],
+    )
+    # Image options (issue 12) go here, one field each; the page and the CLI send them under the same names.
+
+
+def multipart_body(form: type[BaseModel]) -> dict[str, Any]:
+    """An `openapi_extra` documenting a hand-parsed multipart form (bytes fields are file uploads)."""
+    schema = form.model_json_schema()
+    schema.pop("title", None)
+    for prop in schema["properties"].values():
+        # A form field is absent or a string: an optional one is documented as a string, not string-or-null.
+        options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
+        prop.update(options[0] if options else {})
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": schema, "encoding": {"file": {"contentType": "text/csv"}}}
+            },
+        }
+    }
+
+
+# --- answers --------------------------------------------------------------------------------------------
+class Problem(BaseModel):
+    row: int | None = Field(description="Spreadsheet row (the header is row 1), when about a row.")
+    column: str | None = Field(description="CSV column, when about a column.")
+    field: str | None = Field(description="Form field or parameter, when about one.")
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer of the API (services/upload/errors.py)."""
+
+    error: str = Field(examples=["invalid form fields"])
+    problems: list[Problem] = Field(
+        examples=[[{"row": None, "column": None, "field": "email", "reason": "invalid email address"}]]
+    )
+
+
+class UploadAccepted(BaseModel):
+    request_id: str = Field(examples=[EXAMPLE_ID])
+    status: RequestStatus
+    status_url: str = Field(examples=[f"http://127.0.0.1:8000/status/{EXAMPLE_ID}"])
+    output_csv_url: str = Field(examples=[f"http://127.0.0.1:8000/output/{EXAMPLE_ID}"])
+    products: int = Field(examples=[3])
+    images: int = Field(examples=[7])
+
+
+class Failure(BaseModel):
+    index: int = Field(description="The image's position in the request, from 0.")
+    url: str
+    reason: str = Field(examples=["HTTP 404 from origin"])
+
+
+class FailedImage(BaseModel):
+    url: str
+    reason: str
+
+
+class ProductDetail(BaseModel):
+    serial_number: str
+    product_name: str
+    input_urls: list[str]
+    output_urls: list[str | None] = Field(
+        description="Aligned with input_urls; null while pending or failed."
+    )
+    failed: list[FailedImage]
+
+
+class Page(BaseModel):
+    offset: int
+    limit: int
+    total_products: int
+
+
+class NotificationAttempt(BaseModel):
+    channel: Literal["email", "webhook"]
+    notification_id: str
+    attempt: int
+    started_at: datetime
+    outcome: Literal["ok", "retryable", "permanent"]
+    status: int | None
+    detail: str
+    duration_s: float
+    next_delay_s: float | None
+
+
+class StatusBody(BaseModel):
+    request_id: str = Field(examples=[EXAMPLE_ID])
+    status: RequestStatus
+    progress: float = Field(description="Percent of images with an outcome.", examples=[42.9])
+    total_images: int
+    no_img_compressed: int
+    no_img_failed: int
+    total_products: int
+    bytes_in: int
+    bytes_out: int
+    created_at: datetime
+    completed_at: datetime | None
+    failures: list[Failure] = Field(description="The first 100 failures.")
+    output_csv_url: str | None = Field(description="Set once the request is complete.")
+    product_details: list[ProductDetail] | None = Field(None, description="Only with view=full.")
+    page: Page | None = Field(None, description="Only with view=full.")
+    notifications: list[NotificationAttempt] | None = Field(None, description="Only with view=full.")
+
+
+class ImageSnapshot(BaseModel):
+    product: str
+    serial_number: str
+    input_url: str
+    status: OutcomeStatus | None = Field(description="null while the image is waiting for its outcome")
+    output_url: str | None
+    input_bytes: int | None
+    output_bytes: int | None
+    kept_original: bool = Field(description="the original was smaller than any re-encoding")
+    reason: str | None = Field(description="why it failed")
+
+
+class ProgressSnapshot(StatusBody):
+    """The data of each `progress` event: the summary of GET /status, plus the first images."""
+
+    images: list[ImageSnapshot] = Field(
+        description="The first images (up to 24), in CSV order: before/after."
+    )
+
+
+class RenotifyRequest(BaseModel):
+    request_id: str = Field(examples=[EXAMPLE_ID])
+
+
+class RenotifyQueued(BaseModel):
+    request_id: str
+    notification: Literal["queued"]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    service: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    database: bool
+    broker: bool
+
+
+# --- error answers, per route ---------------------------------------------------------------------------
+_WHEN = {
+    400: "The request is malformed: a missing file, broken CSV syntax, bad parameters.",
+    401: "API keys are on and no valid key was sent.",
+    404: "No such request or image.",
+    409: "The request is not complete yet.",
+    413: "The file, its rows or its images exceed a limit.",
+    415: "The file is not a UTF-8 CSV.",
+    422: "The CSV parses but its content is wrong, or a form field is invalid: `problems` names each.",
+    429: "Too soon: a `Retry-After` header says when to try again.",
+    503: "The database or broker is unavailable: nothing was done; retry after `Retry-After` seconds.",
+}
+
+
+Responses = dict[int | str, dict[str, Any]]
+
+
+def errors(*statuses: int) -> Responses:
+    """The `responses` entries of the error answers a route really gives, all in the one error shape."""
+    return {status: {"model": ErrorBody, "description": _WHEN[status]} for status in statuses}
+
+
+def ok(
+    description: str, model: type[BaseModel] | None = None, media_type: str = "", binary: bool = False
+) -> Responses:
+    """The `responses` entry of a 200 answer: a model (JSON), or a body of another media type."""
+    if model is not None:
+        return {200: {"model": model, "description": description}}
+    schema = {"type": "string", "format": "binary"} if binary else {"type": "string"}
+    return {200: {"description": description, "content": {media_type: {"schema": schema}}}}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Our schema, without the 422 `HTTPValidationError` FastAPI adds to every route with parameters: we
+    answer invalid parameters with 400 in the one error shape (errors.py), which each route documents."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                tags=TAGS,
+            )
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    invalid = operation.get("responses", {}).get("422", {})
+                    if "HTTPValidationError" in str(invalid):
+                        del operation["responses"]["422"]
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,66 @@
+"""The CLI's logic: exit codes by outcome, where it finds the API, its command line."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli.api import default_base_url
+from cli.exit_codes import Exit, for_outcome
+from cli.main import parser
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "code"),
+    [
+        ({"status": "COMPLETED", "no_img_failed": 0}, Exit.OK),
+        ({"status": "COMPLETED", "no_img_failed": 2}, Exit.SOME_FAILED),
+        ({"status": "CANCELLED", "no_img_failed": 0}, Exit.CANCELLED),
+        ({"status": "PENDING", "no_img_failed": 1}, Exit.PENDING),
+    ],
+)
+def test_the_exit_code_says_how_the_request_ended(snapshot: dict[str, object], code: Exit) -> None:
+    assert for_outcome(snapshot) == code
+
+
+def test_exit_codes_are_distinct_and_stable() -> None:
+    codes = {e.name: e.value for e in Exit}
+    assert len(set(codes.values())) == len(codes)
+    assert codes == {
+        "OK": 0, "ERROR": 1, "USAGE": 2, "SOME_FAILED": 3, "CANCELLED": 4, "REFUSED": 5, "UNAVAILABLE": 6,
+        "PENDING": 7, "INTERRUPTED": 130,
+    }  # fmt: skip
+
+
+def test_the_api_is_the_url_option_else_imagepipe_url_else_the_local_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("IMAGEPIPE_URL", raising=False)
+    monkeypatch.delenv("IMAGEPIPE_PORT", raising=False)
+    assert default_base_url() == "http://127.0.0.1:8000"
+    monkeypatch.setenv("IMAGEPIPE_PORT", "18123")
+    assert default_base_url() == "http://127.0.0.1:18123"
+    monkeypatch.setenv("IMAGEPIPE_URL", "https://imagepipe.example.com")
+    assert parser().parse_args(["status", "x"]).url == "https://imagepipe.example.com"
+    assert parser().parse_args(["status", "x", "--url", "http://h:1"]).url == "http://h:1"
+
+
+def test_upload_takes_file_email_webhook_wait_and_url() -> None:
+    args = parser().parse_args(
+        [
+            "upload",
+            "p.csv",
+            "--email",
+            "a@example.com",
+            "--webhook",
+            "https://h/x",
+            "--wait",
+            "--url",
+            "http://h:1",
+        ]
+    )
+    assert (args.file, args.email, args.webhook_url, args.wait, args.url) == (
+        "p.csv", "a@example.com", "https://h/x", True, "http://h:1",
+    )  # fmt: skip
+    with pytest.raises(SystemExit) as missing_email:
+        parser().parse_args(["upload", "p.csv"])
+    assert missing_email.value.code == Exit.USAGE
