@@ -27,7 +27,7 @@ UPLOAD_OVERHEAD_BYTES = 64 * 1024  # the multipart framing and form fields aroun
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     runtime = Runtime.create("upload", settings)
-    relay = OutboxRelay(runtime.repo, runtime.bus)
+    relay = OutboxRelay(runtime.repo, runtime.bus, window=settings.outbox_window)
     gateway = Gateway(
         runtime, relay, CsvLimits.from_settings(settings), ShortLivedCache(settings.status_cache_seconds)
     )

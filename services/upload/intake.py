@@ -71,15 +71,23 @@ async def store_request(
     reader = CsvReader(file.file, limits)
     chunks = reader.chunks(ROWS_PER_CHUNK)
     chunk_no = images = products = 0
+    first_seen: dict[str, int] = {}  # URL -> index of its first occurrence: repeats are fetched once
     # Parsing is CPU work: each chunk is read in a thread, so the event loop keeps serving other requests.
     while (rows := await asyncio.to_thread(next, chunks, None)) is not None:
         if reader.problems:
             continue  # keep reading to report every problem, but store nothing more
-        stored = [RowDoc(serial=r.serial, name=r.name, urls=list(r.urls), cells=list(r.cells)) for r in rows]
-        await repo.add_rows(request_id, chunk_no, images, stored)
+        stored = []
+        for r in rows:
+            row = RowDoc(serial=r.serial, name=r.name, urls=list(r.urls), cells=list(r.cells))
+            firsts = [first_seen.setdefault(url, images + i) for i, url in enumerate(r.urls)]
+            if any(first != images + i for i, first in enumerate(firsts)):
+                row["duplicate_of"] = [None if f == images + i else f for i, f in enumerate(firsts)]
+            stored.append(row)
+            images += len(r.urls)
+        first_image = images - sum(len(r.urls) for r in rows)
+        await repo.add_rows(request_id, chunk_no, first_image, stored, urls_column=reader.urls_column)
         chunk_no += 1
         products += len(rows)
-        images += sum(len(r.urls) for r in rows)
     reader.raise_if_invalid()
     upload = Upload(
         email=email,

@@ -9,10 +9,12 @@ import pytest
 
 from localrun.samples import photo
 from services.compressor.fetch import FetchPolicy, SafeFetcher
-from services.compressor.handler import CodecPool, Compressor
+from services.compressor.codec_pool import CodecPool
+from services.compressor.handler import Compressor
 from shared.events import ImageCompressed, ImageFailed, ImageRequested
 from shared.files import GridFsImageStore, output_file_id
 from shared.mongo import Mongo
+from shared.repository import MongoRequestRepository
 from shared.settings import Settings
 from tests.fakes import RecordingPublisher
 from tests.origin import Origin
@@ -42,6 +44,7 @@ async def compressor(settings: Settings, mongo: Mongo, codec: CodecPool) -> Asyn
         codec,
         quality=50,
         max_pixels=settings.max_pixels,
+        outcomes=MongoRequestRepository(mongo),
     )
     await fetcher.close()
 
