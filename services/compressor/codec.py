@@ -372,7 +372,8 @@ def _gif_has_metadata(data: bytes) -> bool:
 
 # JPEG APPn segments worth keeping, by marker and payload prefix. Everything else in APPn/COM is metadata:
 # EXIF and XMP (APP1), MPF (APP2, it points at appended images we drop), IPTC/Photoshop (APP13), comments.
-# JFXX (APP0 thumbnails) goes too: a thumbnail can show what an edit cropped away.
+# JFXX (APP0 thumbnails) goes too, and so does a thumbnail inside the JFIF segment itself: a thumbnail can
+# show what an edit cropped away.
 _JPEG_KEEP_APP = {0xE0: (b"JFIF\0",), 0xE2: (b"ICC_PROFILE\0",), 0xEE: (b"Adobe",)}
 
 
@@ -407,7 +408,12 @@ def strip_jpeg(data: bytes) -> bytes | None:
         keep = marker not in range(0xE0, 0xF0) and marker != 0xFE
         if marker in _JPEG_KEEP_APP:
             keep = payload.startswith(_JPEG_KEEP_APP[marker])
-        if keep:
+        if keep and marker == 0xE0:
+            # JFIF may carry a thumbnail after its 14 fixed bytes (which end with its width and height):
+            # keep the header, say "no thumbnail", drop the pixels.
+            if len(payload) >= 14:
+                out += (b"\xff\xe0", (16).to_bytes(2, "big"), payload[:12], b"\x00\x00")
+        elif keep:
             out += (bytes((0xFF, marker)), data[pos : pos + length])
         pos += length
         if marker == 0xDA:  # start of scan: entropy-coded data runs to the next real marker

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from services.upload.csv_input import CsvLimits
 from services.upload.deps import Gateway
 from services.upload.errors import install_error_handlers
-from services.upload.middleware import AccessLog, BodySizeLimit
+from services.upload.middleware import AccessLog, BodyLimit, BodySizeLimit
 from services.upload.relay import OutboxRelay
 from services.upload.routes import health, images, notifications, requests, uploads
 from services.upload.status_view import ShortLivedCache
@@ -22,6 +22,7 @@ from shared.runtime import Runtime
 from shared.settings import Settings, get_settings
 
 UPLOAD_OVERHEAD_BYTES = 64 * 1024  # the multipart framing and form fields around the CSV
+SMALL_BODY = BodyLimit(8 * 1024)  # every other route: a JSON or form body of a few fields, or none
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,9 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="imagepipe", version="1.0", lifespan=lifespan)
     app.state.gateway = gateway
     install_error_handlers(app)
-    app.add_middleware(
-        BodySizeLimit, path="/upload", max_bytes=settings.max_csv_bytes + UPLOAD_OVERHEAD_BYTES
-    )
+    upload = BodyLimit(settings.max_csv_bytes + UPLOAD_OVERHEAD_BYTES, field="file")
+    app.add_middleware(BodySizeLimit, limits={"/upload": upload}, default=SMALL_BODY)
     app.add_middleware(AccessLog)  # added last, so outermost: it also logs what the size limit refuses
     for module in (uploads, requests, images, notifications, health):
         app.include_router(module.router)

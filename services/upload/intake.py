@@ -32,7 +32,7 @@ def form_problems(
         )
     else:
         try:
-            validate_email(email, check_deliverability=False)
+            ascii_address(email)
         except EmailNotValidError as exc:
             problems.append(problem(f"invalid email address: {exc}", field="email"))
     if webhook_url is not None:
@@ -40,6 +40,15 @@ def form_problems(
         if reason:
             problems.append(problem(reason, field="webhook_url"))
     return problems
+
+
+def ascii_address(email: str) -> str:
+    """The address as it is sent: in ASCII, with an internationalised domain in its punycode form.
+
+    A non-ASCII part before the @ is refused (EmailNotValidError): it can only be delivered over SMTPUTF8,
+    which many relays lack, and the failure would show only when the batch is done and its email bounces.
+    Refusing it at upload is an answer the user gets at once; an internationalised domain loses nothing."""
+    return validate_email(email, check_deliverability=False, allow_smtputf8=False).ascii_email or email
 
 
 def webhook_url_problem(url: str, *, allow_private: bool) -> str | None:

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from localrun.samples import photo
-from services.compressor.fetch import FetchPolicy, SafeFetcher
 from services.compressor.codec_pool import CodecPool
+from services.compressor.fetch import FetchPolicy, SafeFetcher
 from services.compressor.handler import Compressor
 from shared.events import ImageCompressed, ImageFailed, ImageRequested
 from shared.files import GridFsImageStore, output_file_id

@@ -650,6 +650,23 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after("-5", now) is None
     assert parse_retry_after(None, now) is None
+    for foreign_digits in ("\u00b2", "\u0661\u0662", "\uff13"):  # superscript, Arabic-Indic, fullwidth
+        assert parse_retry_after(foreign_digits, now) is None
+
+
+async def test_a_retry_after_in_non_ascii_digits_is_ignored_not_a_crash(origin: Origin) -> None:
+    served = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal served
+        served += 1
+        if served == 1:
+            return web.Response(status=503, headers={"Retry-After": "\u00b2"})
+        return web.Response(body=PNG, content_type="image/png")
+
+    origin.routes["/busy"] = handler
+    assert await fetch(origin.url("/busy")) == PNG
+    assert served == 2
 
 
 def test_policy_from_settings() -> None:

@@ -52,7 +52,10 @@ async def test_concurrent_writers_of_one_id_leave_exactly_one_whole_file(mongo: 
         outputs = [bytes([n]) * (GRIDFS_CHUNK_BYTES * (n % 4) + 1000 * n + 1) for n in range(8)]
         metas = [ImageMeta(**{**META, "index": n}) for n in range(8)]  # type: ignore[typeddict-item]
         reported = await asyncio.gather(
-            *(images.put(file_id, data, filename="x", meta=meta) for data, meta in zip(outputs, metas))
+            *(
+                images.put(file_id, data, filename="x", meta=meta)
+                for data, meta in zip(outputs, metas, strict=False)
+            )
         )
 
         data = await read(images, file_id)
