@@ -19,6 +19,7 @@ from localrun.supervisor import free_port
 from services.upload.app import create_app
 from shared.mongo import Mongo
 from shared.settings import Settings
+from tests.conftest import eventually
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -34,8 +35,7 @@ async def server(settings: Settings, mongo: Mongo) -> AsyncIterator[tuple[str, i
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
+    await eventually(lambda: server.started, timeout=30, interval=0.05)
     yield "127.0.0.1", port
     server.should_exit = True
     await task
