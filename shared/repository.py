@@ -144,7 +144,7 @@ class RequestDoc(Upload):
 
 
 class OutboxEntry(TypedDict):
-    """A request with images left to publish, and its progress: what the relay meters by."""
+    """A request with images left to publish, its progress (what the relay meters by), and its lease."""
 
     _id: str
     total_images: int
@@ -152,6 +152,8 @@ class OutboxEntry(TypedDict):
     published_chunks: int
     no_img_compressed: int
     no_img_failed: int
+    lease_owner: NotRequired[str]
+    lease_until: NotRequired[datetime]
 
 
 class UnknownRequest(LookupError):
@@ -212,11 +214,10 @@ class RequestRepository(Protocol):
     def outbox_pending(self) -> AsyncIterator[OutboxEntry]: ...
 
     async def claim_outbox(self, request_id: str, owner: str, lease: timedelta) -> RequestDoc | None:
-        """The request, if `owner` now holds its lease; None if someone else does or nothing is pending."""
+        """The request, if `owner` now holds its lease (newly, or renewed); None if someone else does or
+        nothing is pending."""
 
     async def renew_outbox(self, request_id: str, owner: str, lease: timedelta) -> bool: ...
-
-    async def release_outbox(self, request_id: str, owner: str) -> None: ...
 
     async def row_chunk(self, request_id: str, chunk: int) -> RowChunkDoc | None: ...
 
@@ -427,6 +428,8 @@ class MongoRequestRepository:
             "published_chunks",
             "no_img_compressed",
             "no_img_failed",
+            "lease_owner",
+            "lease_until",
         )
         async for doc in self.mongo.requests.find(
             {"outbox_pending": True}, projection=dict.fromkeys(fields, 1)
@@ -436,7 +439,11 @@ class MongoRequestRepository:
     async def claim_outbox(self, request_id: str, owner: str, lease: timedelta) -> RequestDoc | None:
         now = datetime.now(UTC)
         claimed = await self.mongo.requests.update_one(
-            {"_id": request_id, "outbox_pending": True, "lease_until": {"$lt": now}},
+            {
+                "_id": request_id,
+                "outbox_pending": True,
+                "$or": [{"lease_until": {"$lt": now}}, {"lease_owner": owner}],
+            },
             {"$set": {"lease_until": now + lease, "lease_owner": owner}},
         )
         return await self.get(request_id, notifications=False) if claimed.modified_count == 1 else None
@@ -447,12 +454,6 @@ class MongoRequestRepository:
             {"$set": {"lease_until": datetime.now(UTC) + lease}},
         )
         return renewed.modified_count == 1
-
-    async def release_outbox(self, request_id: str, owner: str) -> None:
-        await self.mongo.requests.update_one(
-            {"_id": request_id, "outbox_pending": True, "lease_owner": owner},
-            {"$set": {"lease_until": _NEVER}},
-        )
 
     async def record_published(
         self, request_id: str, owner: str, images: int, chunks: int, lease: timedelta

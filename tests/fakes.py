@@ -123,11 +123,13 @@ class FakeRequestRepository:
                 entry = OutboxEntry(_id=request_id, **{f: doc[f] for f in fields})  # type: ignore[typeddict-item]
                 if "published_images" in doc:
                     entry["published_images"] = doc["published_images"]
+                if request_id in self.leases:
+                    entry["lease_owner"], entry["lease_until"] = self.leases[request_id]
                 yield entry
 
     async def claim_outbox(self, request_id: str, owner: str, lease: timedelta) -> RequestDoc | None:
         holder = self.leases.get(request_id)
-        if holder is not None and holder[1] > datetime.now(UTC):
+        if holder is not None and holder[1] > datetime.now(UTC) and holder[0] != owner:
             return None
         self.leases[request_id] = (owner, datetime.now(UTC) + lease)
         return await self.get(request_id)
@@ -137,10 +139,6 @@ class FakeRequestRepository:
             return False
         self.leases[request_id] = (owner, datetime.now(UTC) + lease)
         return True
-
-    async def release_outbox(self, request_id: str, owner: str) -> None:
-        if self.leases.get(request_id, ("",))[0] == owner:
-            del self.leases[request_id]
 
     async def row_chunk(self, request_id: str, chunk: int) -> RowChunkDoc | None:
         return self.chunks.get((request_id, chunk))

@@ -10,9 +10,9 @@ request's remaining work is cheap.
 At-least-once: the relay records how far it got (`published_images`) only after the broker confirmed those
 messages. If the broker is down or the process dies midway, the next pass resumes from the last recorded
 position, so at most one top-up is published twice, which the idempotent consumers absorb. A lease keeps
-two gateway replicas from topping up the same request at once; it is renewed while publishing, checked by
-every progress record (a relay whose lease was taken over records nothing and stops), and given back after
-each top-up, so the lease of a gateway that died runs out within LEASE and any relay takes over.
+two gateway replicas from topping up the same request at once; it is kept from one top-up to the next,
+extended by every progress record and checked by it (a relay whose lease was taken over records nothing
+and stops), so the lease of a gateway that died runs out within LEASE and any relay takes over.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import OrderedDict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from prometheus_client import Counter
@@ -34,7 +34,9 @@ from shared.repository import OutboxEntry, RequestDoc, RequestRepository, RowChu
 log = structlog.get_logger()
 
 PUBLISHED = Counter("imagepipe_upload_events_published_total", "ImageRequested events published")
-LEASE = timedelta(seconds=6)  # renewed every LEASE/3 while publishing
+LEASE = timedelta(seconds=6)  # extended by every progress record, and every LEASE/3 while publishing
+MAX_RETRY_WAIT_S = 10.0  # between passes while they fail (an outage)
+_EPOCH = datetime.fromtimestamp(0, UTC)
 CACHED_CHUNKS = 8  # row chunks kept between passes: a request's next top-up usually reads the same one
 
 
@@ -55,14 +57,18 @@ class OutboxRelay:
         self._kick.set()
 
     async def run_forever(self) -> None:
+        failures = 0
         while True:
             self._kick.clear()
             try:
                 await self.pass_once()
-            except Exception as exc:  # broker or database outage: the work stays pending; retry next tick
-                log.warning("outbox_publish_failed", error=str(exc)[:200])
+                failures = 0
+            except Exception as exc:  # broker or database outage: the work stays pending; retry later
+                failures += 1
+                log.warning("outbox_publish_failed", error=str(exc)[:200], failures=failures)
+            wait = min(self.interval * 2 ** min(failures, 6), MAX_RETRY_WAIT_S)  # back off while failing
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.interval)
+                await asyncio.wait_for(self._kick.wait(), wait)
 
     async def pass_once(self) -> int:
         """Top up every pending request whose window has room (a quarter of it, or what it has left), in
@@ -71,7 +77,7 @@ class OutboxRelay:
         async for entry in self.repo.outbox_pending():
             if self._room(entry) >= min(max(self.window // 4, 1), self._left(entry)):
                 with structlog.contextvars.bound_contextvars(request_id=entry["_id"]):
-                    published += await self._top_up(entry["_id"])
+                    published += await self._top_up(entry)
         return published
 
     def _room(self, entry: OutboxEntry | RequestDoc) -> int:
@@ -82,22 +88,26 @@ class OutboxRelay:
     def _left(entry: OutboxEntry | RequestDoc) -> int:
         return entry["total_images"] - entry.get("published_images", 0)
 
-    async def _top_up(self, request_id: str) -> int:
-        request = await self.repo.claim_outbox(request_id, self.owner, LEASE)
+    async def _top_up(self, entry: OutboxEntry) -> int:
+        request_id = entry["_id"]
+        # Writes to the request document conflict with the status service's transactions on it, so a
+        # relay keeps its lease from one top-up to the next (each progress record extends it) and claims
+        # only when it does not hold it with time to spare: a top-up costs one write, not three.
+        held = entry.get("lease_owner") == self.owner and entry.get("lease_until", _EPOCH) > _soon()
+        request = (
+            await self.repo.get(request_id, notifications=False)
+            if held
+            else await self.repo.claim_outbox(request_id, self.owner, LEASE)
+        )
         if request is None:
             return 0  # another replica holds it
-        finished = False
         renewing = asyncio.create_task(self._renew_lease(request_id))
         try:
-            published, finished = await self._publish_window(request)
-            return published
+            return await self._publish_window(request)
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-            if not finished:  # give the lease back: the next pass, here or elsewhere, may go on at once
-                with contextlib.suppress(Exception):
-                    await self.repo.release_outbox(request_id, self.owner)
 
     async def _renew_lease(self, request_id: str) -> None:
         while True:
@@ -107,32 +117,31 @@ class OutboxRelay:
                     log.warning("outbox_lease_lost")
                     return
 
-    async def _publish_window(self, request: RequestDoc) -> tuple[int, bool]:
-        """Publish what the request's window has room for; (images published, whether it is finished)."""
+    async def _publish_window(self, request: RequestDoc) -> int:
+        """Publish what the request's window has room for; returns how many images that was."""
         request_id = request["_id"]
         if "published_images" not in request:  # published chunk by chunk before metering existed
             request["published_images"] = await self._first_image(request, request["published_chunks"])
         start, room = request["published_images"], self._room(request)
         if room <= 0 < self._left(request):
-            return 0, False
+            return 0
         events, chunks_done = await self._events(request, start, room)
         if events is None:
             # Only a request whose upload failed after its document was written (the client was told 503,
             # nothing accepted) lacks rows: it is not ours to publish, and must not block others.
             log.error("outbox_request_without_rows_dropped")
             await self.repo.finish_outbox(request_id, published=False)
-            return 0, True
+            return 0
         await self.publisher.publish_many(events)
         PUBLISHED.inc(len(events))
         end = start + len(events)
         if not await self.repo.record_published(request_id, self.owner, end, chunks_done, LEASE):
             log.warning("outbox_lease_taken_over", published_to=end)
-            return len(events), True  # the new holder goes on from what was recorded
+            return len(events)  # the new holder goes on from what was recorded
         if end >= request["total_images"]:
             await self.repo.finish_outbox(request_id, published=True)
             log.info("request_published", images=request["total_images"])
-            return len(events), True
-        return len(events), False
+        return len(events)
 
     async def _events(
         self, request: RequestDoc, start: int, count: int
@@ -178,6 +187,11 @@ class OutboxRelay:
             return request["total_images"]
         chunk = await self._chunk(request["_id"], chunk_no)
         return chunk["first_image"] if chunk is not None else 0
+
+
+def _soon() -> datetime:
+    """A held lease with less time than this left is claimed again before a top-up."""
+    return datetime.now(UTC) + LEASE / 2
 
 
 def _image_request(request_id: str, index: int, url: str, first: int | None) -> ImageRequested:
