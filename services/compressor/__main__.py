@@ -7,7 +7,7 @@ import os
 
 from services.compressor.codec_pool import CodecPool
 from services.compressor.fetch import FetchPolicy, SafeFetcher
-from services.compressor.handler import DEFER_WAIT_S, ROUTES, Compressor
+from services.compressor.handler import HOST_SLOT_WAIT_S, ROUTES, Compressor
 from services.compressor.hosts import CircuitBreakers, HostLimiter
 from shared.bus import bind
 from shared.runtime import Runtime, run_service
@@ -24,7 +24,7 @@ async def start(rt: Runtime) -> None:
     policy = FetchPolicy.from_settings(s)
     breakers = CircuitBreakers(s.host_failures_to_open, s.host_cooldown, trial_timeout=policy.total_timeout)
     fetcher = SafeFetcher(policy, breakers=breakers)
-    hosts = HostLimiter(s.host_concurrency, wait=DEFER_WAIT_S)
+    hosts = HostLimiter(s.host_concurrency, wait=HOST_SLOT_WAIT_S)
     compressor = Compressor(rt.images, rt.bus, fetcher, codec, s.quality, s.max_pixels, rt.repo, hosts)
 
     async def close() -> None:

@@ -23,7 +23,11 @@ IMAGES = Counter("imagepipe_compressor_images_total", "Images handled, by outcom
 BYTES = Counter("imagepipe_compressor_bytes_total", "Image bytes, by direction", ["direction"])
 SECONDS = Histogram("imagepipe_compressor_seconds", "Time per image, by stage", ["stage"])
 DEFERRED = Counter("imagepipe_compressor_deferred_total", "Images put back at the end of the queue", ["why"])
-DEFER_WAIT_S = 1.0  # how long an image waits (holding its prefetch slot) before it is put back
+# How long an image waits, holding its prefetch slot, before it is put back at the end of the queue: for a
+# download slot of its host (short, so a dead host's images cycle past quickly to reach other hosts'), and
+# for the outcome of its URL's first occurrence.
+HOST_SLOT_WAIT_S = 0.25
+DEFER_WAIT_S = 1.0
 
 
 class Fetcher(Protocol):
@@ -49,7 +53,7 @@ class Compressor:
     quality: int
     max_pixels: int
     outcomes: Outcomes
-    hosts: HostLimiter = field(default_factory=lambda: HostLimiter(per_host=4, wait=DEFER_WAIT_S))
+    hosts: HostLimiter = field(default_factory=lambda: HostLimiter(per_host=4, wait=HOST_SLOT_WAIT_S))
 
     async def compress(self, event: ImageRequested) -> None:
         # A redelivery of work already stored, or a repeated URL whose first occurrence is stored (they
