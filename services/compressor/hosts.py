@@ -59,12 +59,13 @@ class HostLimiter:
     async def slot(self, origin: str) -> AsyncIterator[None]:
         """Hold one of `origin`'s slots; HostSaturated if none frees up within `wait` seconds."""
         async with self._changed:
-            try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._active[origin] < self.per_host), self.wait
-                )
-            except TimeoutError:
-                raise HostSaturated(origin) from None
+            if self._active[origin] >= self.per_host:
+                try:
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: self._active[origin] < self.per_host), self.wait
+                    )
+                except TimeoutError:
+                    raise HostSaturated(origin) from None
             self._active[origin] += 1
         try:
             yield

@@ -76,10 +76,15 @@ def test_a_success_resets_the_count() -> None:
     assert not breakers.is_open(HOST)
 
 
-def test_after_the_cooldown_one_trial_goes_through_and_its_result_decides() -> None:
-    clock = Clock()
+def opened_once(clock: Clock) -> CircuitBreakers:
     breakers = CircuitBreakers(failures_to_open=1, cooldown=30, trial_timeout=60, clock=clock)
     breakers.failed(HOST)
+    return breakers
+
+
+def test_after_the_cooldown_one_trial_goes_through_and_its_result_decides() -> None:
+    clock = Clock()
+    breakers = opened_once(clock)
     clock.now += 29
     with pytest.raises(HostUnresponsive):
         breakers.check(HOST)
@@ -101,8 +106,7 @@ def test_after_the_cooldown_one_trial_goes_through_and_its_result_decides() -> N
 
 def test_a_trial_that_never_reports_back_does_not_block_the_host_forever() -> None:
     clock = Clock()
-    breakers = CircuitBreakers(failures_to_open=1, cooldown=30, trial_timeout=60, clock=clock)
-    breakers.failed(HOST)
+    breakers = opened_once(clock)
     clock.now += 30
     breakers.check(HOST)  # the trial's task is cancelled and never reports
     clock.now += 60
