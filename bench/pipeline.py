@@ -224,10 +224,16 @@ class PageSize:
 
 
 async def page_size(stack: BenchStack, http: aiohttp.ClientSession, images: int) -> PageSize:
-    """Needs no compressors running: the request is accepted, measured, then its queued work dropped."""
+    """Needs no compressors running: the request is accepted, measured, then its queued work dropped (the
+    outbox meters it, so what is queued is its first window)."""
     accepted = await upload(http, stack.api, product_csv(stack.origin_url, "page", images))
     page = await status_page(http, stack.api, accepted.request_id)
-    await stack.wait_for(lambda: _published(stack, accepted.request_id), 120, "the page request published")
+    window = min(images, stack.settings.outbox_window)
+
+    async def first_window_queued() -> bool:
+        return (await stack.broker.state("compressor")).messages >= window
+
+    await stack.wait_for(first_window_queued, 120, "the page request's first window queued")
     await stack.broker.purge("compressor")
     return PageSize(images, page)
 

@@ -210,7 +210,8 @@ def _large(r: Results) -> list[str]:
         f"**{g.seconds_to_202:.2f} s to 202**.",
         f"- Upload service RSS: {mb(g.rss_before)} freshly started, peak {mb(g.hwm_accepted)} by the 202, "
         f"peak {mb(g.hwm_published)} once all its events were published.",
-        f"- Queueing: all {g.rows:,} ImageRequested messages in the compressor queue "
+        f"- Queueing (the outbox window opened to the whole upload; `make run` meters each request to "
+        f"`OUTBOX_WINDOW` images at a time): all {g.rows:,} ImageRequested messages in the compressor queue "
         f"{g.queue_seconds:.2f} s after the 202 = **{g.messages_per_s:,.0f} messages/s** "
         f"(the outbox recorded {g.db_publish_seconds:.2f} s from created_at to published_at). "
         "They were purged, not processed.",

@@ -144,10 +144,10 @@ class BenchStack:
 
         await self.wait_for(idle, 30, "compressors gone")
 
-    async def restart(self, service: str) -> None:
-        """A fresh process, so its VmHWM measures only what follows."""
+    async def restart(self, service: str, **env: str) -> None:
+        """A fresh process, so its VmHWM measures only what follows; `env` adds to its environment."""
         await asyncio.to_thread(self.supervisor.stop, service, self.settings.shutdown_grace + 5)
-        self.supervisor.start_service(service)
+        self.supervisor.start_service(service, **env)
         if service == "upload":
             await asyncio.to_thread(wait_for_port, "127.0.0.1", self.settings.port, 60, "the API")
 

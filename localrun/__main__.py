@@ -10,7 +10,6 @@ IMAGEPIPE_LOG_JSON=true. Once the API answers, a banner says where to look for w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -33,6 +32,7 @@ from localrun.supervisor import (
     wait_for_port,
 )
 from shared.logging import configure_logging
+from shared.runtime import wait_until_set
 from shared.settings import Settings, get_settings
 
 log = structlog.get_logger()
@@ -124,8 +124,7 @@ async def _supervise(supervisor: Supervisor) -> None:
         loop.add_signal_handler(sig, stop.set)
     while not stop.is_set():
         supervisor.poll()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.5)
+        await wait_until_set(stop, 0.5)
 
 
 if __name__ == "__main__":

@@ -271,7 +271,8 @@ class EventBus:
 
     async def _channel_ready(self) -> None:
         assert self._channel is not None, "connect() first"
-        await asyncio.wait_for(self._channel.ready(), RECONNECT_WAIT_S)
+        async with asyncio.timeout(RECONNECT_WAIT_S):  # not wait_for: see runtime.wait_until_set
+            await self._channel.ready()
 
     # --- topology -------------------------------------------------------------------------------------
     async def _declare_queues(

@@ -39,7 +39,11 @@ class ImageRequested(ImageEvent):
 
     routing_key: ClassVar[str] = "image.requested"
     type: Literal["ImageRequested"] = "ImageRequested"
-    file_id: str  # where the output goes: deterministic, so a redelivery overwrites instead of orphaning
+    file_id: str  # where the output goes: deterministic, so a redelivery finds it instead of orphaning one
+    # A URL repeated in one request: the index of its first occurrence, which is the one fetched; this one
+    # shares its file_id and copies its outcome. None for a first (or only) occurrence. Compressors that
+    # predate the field ignore it and fetch the URL again, which is slower but just as correct.
+    duplicate_of: int | None = None
 
 
 class ImageCompressed(ImageEvent):

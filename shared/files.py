@@ -15,9 +15,9 @@ from typing import Protocol, TypedDict
 from bson import Binary, ObjectId
 from gridfs import AsyncGridFSBucket
 from gridfs.errors import NoFile
-from pymongo.errors import BulkWriteError
+from pymongo.errors import DuplicateKeyError
 
-from shared.mongo import DUPLICATE_KEY, Doc, Mongo, adapts_driver_errors
+from shared.mongo import Doc, Mongo, Session, StorageError, adapts_driver_errors
 
 GRIDFS_CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
 
@@ -51,7 +51,8 @@ class ImageDownload:
 
 
 class ImageStore(Protocol):
-    async def put(self, file_id: str, data: bytes, *, filename: str, meta: ImageMeta) -> None: ...
+    async def put(self, file_id: str, data: bytes, *, filename: str, meta: ImageMeta) -> StoredImage:
+        """Store `data` unless a complete file is already stored under `file_id`; returns what is stored."""
 
     async def info(self, file_id: str) -> StoredImage | None: ...
 
@@ -63,16 +64,20 @@ class GridFsImageStore:
     def __init__(self, mongo: Mongo) -> None:
         self.mongo = mongo
 
-    async def put(self, file_id: str, data: bytes, *, filename: str, meta: ImageMeta) -> None:
-        """Store `data` under a fixed id.
+    async def put(self, file_id: str, data: bytes, *, filename: str, meta: ImageMeta) -> StoredImage:
+        """Store `data` under a fixed id, unless a complete file is already stored there; either way, return
+        what is stored under the id.
+
+        One transaction writes the files document and every chunk, so two writers of one id (a relay
+        republish, a lease takeover, two occurrences of a URL) can never leave a mixed or partial file:
+        the first to commit wins whole, and the others find its files document, roll back, and report
+        the winner's file (the outcome they publish then describes exactly what is stored). Chunks left by
+        a writer that died before this scheme (no files document) are replaced within the transaction.
 
         PyMongo's GridFS writer probes both collections with an unfiltered find_one on every upload to
         decide whether to create indexes; on a database that answers that by scanning, each upload costs
         more as the store grows. The indexes are made at start-up instead (mongo.py) and the documents
-        written directly, which keeps the cost of one upload flat. Chunks are written first and the files
-        document last, as GridFS does: a file is visible only once complete. Leftovers of an interrupted
-        attempt under the same id always include chunk 0 (chunks go in order), so they show up as a
-        duplicate key on the first insert and are removed then: the common case costs two writes.
+        written directly, which keeps the cost of one upload flat.
         """
         chunks = [
             {
@@ -83,13 +88,6 @@ class GridFsImageStore:
             }
             for n, offset in enumerate(range(0, max(len(data), 1), GRIDFS_CHUNK_BYTES))
         ]
-        try:
-            await self.mongo.chunks.insert_many(chunks)
-        except BulkWriteError as exc:
-            if any(error.get("code") != DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
-                raise
-            await self.mongo.chunks.delete_many({"files_id": file_id})
-            await self.mongo.chunks.insert_many(chunks)
         files_doc: Doc = {
             "_id": file_id,
             "length": len(data),
@@ -98,7 +96,21 @@ class GridFsImageStore:
             "filename": filename,
             "metadata": dict(meta),
         }
-        await self.mongo.files.replace_one({"_id": file_id}, files_doc, upsert=True)
+
+        async def write(session: Session) -> None:
+            # The files document first: a second writer stops there, before sending any chunk.
+            await self.mongo.files.insert_one(files_doc, session=session)
+            await self.mongo.chunks.delete_many({"files_id": file_id}, session=session)
+            await self.mongo.chunks.insert_many(chunks, session=session)
+
+        try:
+            await self.mongo.transaction(write)
+        except StorageError as exc:
+            stored = await self.info(file_id) if isinstance(exc.__cause__, DuplicateKeyError) else None
+            if stored is None:
+                raise
+            return stored
+        return StoredImage(file_id, len(data), meta)
 
     async def info(self, file_id: str) -> StoredImage | None:
         doc = await self.mongo.files.find_one({"_id": file_id})

@@ -135,6 +135,12 @@ class BlockedAddressError(Exception):
         self.ip = ip
         self.reason = reason
 
+    @property
+    def public_reason(self) -> str:
+        """What to tell the user: the class of address, never the address a name resolved to (that would
+        map our internal network for whoever submits names that resolve into it)."""
+        return f"refused address ({self.reason}) for host {self.host}"
+
 
 def check_host_literal(host: str, allow_private: bool) -> None:
     """Raise BlockedAddressError if `host` is an IP literal the policy refuses; names pass through.

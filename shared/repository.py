@@ -28,10 +28,14 @@ from pymongo import UpdateOne
 from shared.mongo import Doc, Mongo, Session, adapts_driver_errors
 
 ROWS_PER_CHUNK = 500
+# A chunk is stored as one or more documents ("parts") of at most about this many bytes, far under the
+# database's 16 MiB document limit whatever the rows hold (a row is at most 8 MiB: Settings.max_row_bytes).
+PART_BYTES = 4 * 1024 * 1024
+URL_SEPARATOR = ", "
 INDEX_WIDTH = 7  # zero-padded positions in ids, so the lexical _id order is the CSV order
 FAILURES_KEPT = 100  # failures listed on the request document itself; all of them are in `images`
 ATTEMPTS_KEPT = 200  # notification attempts kept on the request document
-RECENT_CHUNKS = 64  # row chunks cached per process for status pages (up to ~64 MB; typically a few MB)
+RECENT_CHUNKS = 64  # row chunks cached per process for status pages (each <= PART_BYTES; typically ~100 KB)
 _NEVER = datetime.fromtimestamp(0, UTC)
 
 
@@ -55,6 +59,9 @@ class RowDoc(TypedDict):
     name: str
     urls: list[str]
     cells: list[str]  # every cell of the row, in header order (extra columns included)
+    # Only in a row with a URL seen earlier in the request: per URL, the index of its first occurrence
+    # (None for a URL seen here first). That one is fetched; the others copy its outcome.
+    duplicate_of: NotRequired[list[int | None]]
 
 
 class RowChunkDoc(TypedDict):
@@ -63,6 +70,11 @@ class RowChunkDoc(TypedDict):
     chunk: int
     first_image: int  # index of the chunk's first image within the request
     rows: list[RowDoc]
+    # As stored: a chunk too large for one document is split into parts 0, 1, ... (ids "<key>", "<key>.1",
+    # ...), each with its own rows and first_image; and each row's URL cell is left blank (its URLs are in
+    # `urls`), to be rebuilt on reading. Documents written before these existed have neither field.
+    part: NotRequired[int]
+    urls_column: NotRequired[int]
 
 
 class FailureDoc(TypedDict):
@@ -126,13 +138,27 @@ class RequestDoc(Upload):
     renotify_after: NotRequired[datetime]
     # the outbox (upload's relay): present while the request's ImageRequested events are being published
     outbox_pending: NotRequired[bool]
-    published_chunks: int
+    published_images: NotRequired[int]  # images 0 .. n-1 are published (absent on requests before metering)
+    published_chunks: int  # row chunks all of whose images are published
     lease_until: NotRequired[datetime]
     lease_owner: NotRequired[str]
     published_at: NotRequired[datetime]
     # the completion (status): its event id, fixed once, and a flag until RequestCompleted is published
     completion_event_id: NotRequired[str]
     completion_pending: NotRequired[bool]
+
+
+class OutboxEntry(TypedDict):
+    """A request with images left to publish, its progress (what the relay meters by), and its lease."""
+
+    _id: str
+    total_images: int
+    published_images: NotRequired[int]
+    published_chunks: int
+    no_img_compressed: int
+    no_img_failed: int
+    lease_owner: NotRequired[str]
+    lease_until: NotRequired[datetime]
 
 
 class UnknownRequest(LookupError):
@@ -163,8 +189,15 @@ class RequestRepository(Protocol):
 
     # --- upload: rows first, the request document last (it is what makes a request visible) -------------
     async def add_rows(
-        self, request_id: str, chunk: int, first_image: int, rows: Sequence[RowDoc]
-    ) -> None: ...
+        self,
+        request_id: str,
+        chunk: int,
+        first_image: int,
+        rows: Sequence[RowDoc],
+        *,
+        urls_column: int | None = None,
+    ) -> None:
+        """Store a chunk of rows; `urls_column` is the cell holding the URLs (stored once, in `urls`)."""
 
     async def create_request(self, request_id: str, upload: Upload) -> RequestDoc: ...
 
@@ -180,19 +213,23 @@ class RequestRepository(Protocol):
         """Rows in CSV order with their outcomes; bounded memory however large the request."""
         ...
 
-    # --- the outbox: publishing a request's ImageRequested events, chunk by chunk ----------------------
-    def outbox_pending(self) -> AsyncIterator[str]: ...
+    async def outcome(self, request_id: str, index: int) -> OutcomeDoc | None: ...
+
+    # --- the outbox: publishing a request's ImageRequested events, a window at a time -------------------
+    def outbox_pending(self) -> AsyncIterator[OutboxEntry]: ...
 
     async def claim_outbox(self, request_id: str, owner: str, lease: timedelta) -> RequestDoc | None:
-        """The request, if `owner` now holds its lease; None if someone else does or nothing is pending."""
+        """The request, if `owner` now holds its lease (newly, or renewed); None if someone else does or
+        nothing is pending."""
 
     async def renew_outbox(self, request_id: str, owner: str, lease: timedelta) -> bool: ...
 
-    async def release_outbox(self, request_id: str, owner: str) -> None: ...
-
     async def row_chunk(self, request_id: str, chunk: int) -> RowChunkDoc | None: ...
 
-    async def record_published(self, request_id: str, owner: str, chunks: int, lease: timedelta) -> None: ...
+    async def record_published(
+        self, request_id: str, owner: str, images: int, chunks: int, lease: timedelta
+    ) -> bool:
+        """Record progress if `owner` still holds the lease (and extend it); False if it was taken over."""
 
     async def finish_outbox(self, request_id: str, *, published: bool) -> None: ...
 
@@ -217,6 +254,37 @@ class RequestRepository(Protocol):
         """True if no re-send was claimed within `interval`: the caller may queue one now."""
 
 
+def _row_bytes(row: RowDoc) -> int:
+    """About what `row` takes in a stored document (BSON adds a few bytes per string and key)."""
+    texts = [*row["cells"], *row["urls"]]
+    return 64 + sum(16 + (len(t) if t.isascii() else len(t.encode())) for t in texts)
+
+
+def _parts(rows: Sequence[RowDoc], urls_column: int | None) -> list[list[RowDoc]]:
+    """`rows` as stored (URL cell blanked), cut into parts of at most about PART_BYTES."""
+    parts: list[list[RowDoc]] = [[]]
+    size = 0
+    for row in rows:
+        if urls_column is not None and urls_column < len(row["cells"]):
+            cells = list(row["cells"])
+            cells[urls_column] = ""
+            row = RowDoc(**{**row, "cells": cells})
+        row_size = _row_bytes(row)
+        if parts[-1] and size + row_size > PART_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(row)
+        size += row_size
+    return parts
+
+
+def _restored(row: RowDoc, urls_column: int | None) -> RowDoc:
+    """A stored row with its URL cell rebuilt: its URLs, joined the way the output CSV joins outputs."""
+    if urls_column is not None and urls_column < len(row["cells"]):
+        row["cells"][urls_column] = URL_SEPARATOR.join(row["urls"])
+    return row
+
+
 @adapts_driver_errors
 class MongoRequestRepository:
     def __init__(self, mongo: Mongo) -> None:
@@ -224,16 +292,32 @@ class MongoRequestRepository:
         self._recent_chunks: OrderedDict[str, RowChunkDoc] = OrderedDict()
 
     # --- upload ---------------------------------------------------------------------------------------
-    async def add_rows(self, request_id: str, chunk: int, first_image: int, rows: Sequence[RowDoc]) -> None:
-        await self.mongo.rows.insert_one(
-            {
-                "_id": row_chunk_key(request_id, chunk),
+    async def add_rows(
+        self,
+        request_id: str,
+        chunk: int,
+        first_image: int,
+        rows: Sequence[RowDoc],
+        *,
+        urls_column: int | None = None,
+    ) -> None:
+        key = row_chunk_key(request_id, chunk)
+        parts = _parts(rows, urls_column)
+        docs = []
+        for number, part in enumerate(parts):
+            doc: Doc = {
+                "_id": key if number == 0 else f"{key}.{number}",
                 "request_id": request_id,
                 "chunk": chunk,
+                "part": number,
                 "first_image": first_image,
-                "rows": list(rows),
+                "rows": part,
             }
-        )
+            if urls_column is not None:
+                doc["urls_column"] = urls_column
+            docs.append(doc)
+            first_image += sum(len(row["urls"]) for row in part)
+        await self.mongo.rows.insert_many(docs)
 
     async def create_request(self, request_id: str, upload: Upload) -> RequestDoc:
         doc: RequestDoc = {
@@ -246,6 +330,7 @@ class MongoRequestRepository:
             "bytes_out": 0,
             "created_at": datetime.now(UTC),
             "outbox_pending": True,
+            "published_images": 0,
             "published_chunks": 0,
             "lease_until": _NEVER,
         }
@@ -289,6 +374,10 @@ class MongoRequestRepository:
                 if remaining <= 0:
                     break
 
+    async def outcome(self, request_id: str, index: int) -> OutcomeDoc | None:
+        found = await self.mongo.images.find_one({"_id": image_key(request_id, index)}, projection={"_id": 0})
+        return cast(OutcomeDoc | None, found)
+
     async def _outcomes(self, request_id: str, start: int, end: int) -> dict[int, OutcomeDoc]:
         cursor = self.mongo.images.find(
             {"request_id": request_id, "index": {"$gte": start, "$lt": end}}, projection={"_id": 0}
@@ -299,14 +388,11 @@ class MongoRequestRepository:
         self, request_id: str, first_row: int, limit: int | None
     ) -> AsyncIterator[RowChunkDoc]:
         first_chunk = first_row // ROWS_PER_CHUNK
-        if limit is None:  # the whole request, streamed once (the output CSV): straight from the database
-            cursor = self.mongo.rows.find(
-                {"request_id": request_id, "chunk": {"$gte": first_chunk}},
-                sort=[("chunk", 1)],
-                batch_size=2,  # a chunk is up to ~1 MB: fetch a couple at a time, never the whole request
-            )
-            async for streamed in cursor:
-                yield cast(RowChunkDoc, streamed)
+        if limit is None:  # the whole request, streamed once (the output CSV): a chunk at a time, uncached
+            number = first_chunk
+            while (streamed := await self.row_chunk(request_id, number)) is not None:
+                yield streamed
+                number += 1
             return
         # A page (the status endpoint, polled over and over): rows never change once stored, so recently
         # read chunks are kept in memory and a poll costs only the outcomes it shows.
@@ -317,7 +403,8 @@ class MongoRequestRepository:
                 chunk = await self.row_chunk(request_id, number)
                 if chunk is None:
                     return  # past the last row
-                self._recent_chunks[key] = chunk
+                if sum(map(_row_bytes, chunk["rows"])) <= PART_BYTES:  # a rare huge chunk is not kept
+                    self._recent_chunks[key] = chunk
                 if len(self._recent_chunks) > RECENT_CHUNKS:
                     self._recent_chunks.popitem(last=False)
             else:
@@ -325,19 +412,43 @@ class MongoRequestRepository:
             yield chunk
 
     async def row_chunk(self, request_id: str, chunk: int) -> RowChunkDoc | None:
-        return cast(
-            RowChunkDoc | None, await self.mongo.rows.find_one({"_id": row_chunk_key(request_id, chunk)})
-        )
+        parts = [
+            cast(RowChunkDoc, doc)
+            async for doc in self.mongo.rows.find({"request_id": request_id, "chunk": chunk})
+        ]
+        if not parts:
+            return None
+        parts.sort(key=lambda part: part.get("part", 0))
+        merged = parts[0]
+        merged["rows"] = [_restored(row, part.get("urls_column")) for part in parts for row in part["rows"]]
+        merged.pop("part", None)
+        merged.pop("urls_column", None)
+        return merged
 
     # --- the outbox -----------------------------------------------------------------------------------
-    async def outbox_pending(self) -> AsyncIterator[str]:
-        async for doc in self.mongo.requests.find({"outbox_pending": True}, projection={"_id": 1}):
-            yield doc["_id"]
+    async def outbox_pending(self) -> AsyncIterator[OutboxEntry]:
+        fields = (
+            "total_images",
+            "published_images",
+            "published_chunks",
+            "no_img_compressed",
+            "no_img_failed",
+            "lease_owner",
+            "lease_until",
+        )
+        async for doc in self.mongo.requests.find(
+            {"outbox_pending": True}, projection=dict.fromkeys(fields, 1)
+        ):
+            yield cast(OutboxEntry, doc)
 
     async def claim_outbox(self, request_id: str, owner: str, lease: timedelta) -> RequestDoc | None:
         now = datetime.now(UTC)
         claimed = await self.mongo.requests.update_one(
-            {"_id": request_id, "outbox_pending": True, "lease_until": {"$lt": now}},
+            {
+                "_id": request_id,
+                "outbox_pending": True,
+                "$or": [{"lease_until": {"$lt": now}}, {"lease_owner": owner}],
+            },
             {"$set": {"lease_until": now + lease, "lease_owner": owner}},
         )
         return await self.get(request_id, notifications=False) if claimed.modified_count == 1 else None
@@ -349,17 +460,20 @@ class MongoRequestRepository:
         )
         return renewed.modified_count == 1
 
-    async def release_outbox(self, request_id: str, owner: str) -> None:
-        await self.mongo.requests.update_one(
-            {"_id": request_id, "outbox_pending": True, "lease_owner": owner},
-            {"$set": {"lease_until": _NEVER}},
-        )
-
-    async def record_published(self, request_id: str, owner: str, chunks: int, lease: timedelta) -> None:
-        await self.mongo.requests.update_one(
+    async def record_published(
+        self, request_id: str, owner: str, images: int, chunks: int, lease: timedelta
+    ) -> bool:
+        recorded = await self.mongo.requests.update_one(
             {"_id": request_id, "lease_owner": owner},
-            {"$set": {"published_chunks": chunks, "lease_until": datetime.now(UTC) + lease}},
+            {
+                "$set": {
+                    "published_images": images,
+                    "published_chunks": chunks,
+                    "lease_until": datetime.now(UTC) + lease,
+                }
+            },
         )
+        return recorded.matched_count == 1
 
     async def finish_outbox(self, request_id: str, *, published: bool) -> None:
         update: Doc = {"$unset": {"outbox_pending": "", "lease_until": "", "lease_owner": ""}}

@@ -84,6 +84,16 @@ class Runtime:
         log.info("service_stopped")
 
 
+async def wait_until_set(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for `event` at most `seconds`; True if it was set. A cancellation always goes through: Python
+    3.11's asyncio.wait_for can swallow one that arrives as its timeout fires, leaving a loop that was
+    told to stop running forever."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()
+
+
 async def retry_until_done(what: str, action: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> bool:
     """Run `action` until it succeeds (True), backing off, or until a stop is asked for (False).
 
@@ -105,8 +115,7 @@ async def retry_until_done(what: str, action: Callable[[], Awaitable[None]], sto
         failures += 1
         error = str(attempt.exception())[:200]
         log.warning("dependency_unavailable_retrying", dependency=what, error=error, retry_in_s=delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), delay)
+        await wait_until_set(stopping, delay)
     return False
 
 

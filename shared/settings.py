@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     max_urls_per_row: int = 50
     max_images: int = 200_000
     max_url_length: int = 2048
+    max_row_bytes: int = Field(default=1024 * 1024, ge=64 * 1024, le=8 * 1024 * 1024)  # one CSV row, stored
 
     # --- compression ----------------------------------------------------------------------------------
     quality: int = Field(default=50, ge=1, le=95)
@@ -45,6 +46,15 @@ class Settings(BaseSettings):
     # The compressor (and its codec processes) yields the CPU to latency-sensitive work on the host.
     compressor_nice: int = Field(default=10, ge=0, le=19)
     max_in_flight: int = 8  # prefetch per compressor process: bounds its memory
+    max_frames: int = Field(default=2000, ge=1)  # frames of one animation
+    codec_time_budget: float = Field(default=30.0, gt=0)  # seconds one image may take in a codec worker
+    # Fairness: at most this many downloads from one origin host per compressor; a breaker per host
+    # fails its images fast after this many timeouts or connection failures in a row, for `host_cooldown`.
+    host_concurrency: int = Field(default=4, ge=1)
+    host_failures_to_open: int = Field(default=5, ge=1)
+    host_cooldown: float = Field(default=30.0, gt=0)
+    # The outbox meters each request into the queue: at most this many of its images queued or in progress.
+    outbox_window: int = Field(default=256, ge=1)
 
     # --- fetching untrusted URLs ----------------------------------------------------------------------
     fetch_allow_private: bool = False

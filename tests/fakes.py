@@ -20,6 +20,7 @@ from shared.events import Event
 from shared.files import ImageDownload, ImageMeta, StoredImage
 from shared.repository import (
     AttemptDoc,
+    OutboxEntry,
     OutcomeDoc,
     OutcomeStatus,
     RequestDoc,
@@ -55,7 +56,15 @@ class FakeRequestRepository:
         self.leases: dict[str, tuple[str, datetime]] = {}
 
     # --- upload ---------------------------------------------------------------------------------------
-    async def add_rows(self, request_id: str, chunk: int, first_image: int, rows: Sequence[RowDoc]) -> None:
+    async def add_rows(
+        self,
+        request_id: str,
+        chunk: int,
+        first_image: int,
+        rows: Sequence[RowDoc],
+        *,
+        urls_column: int | None = None,
+    ) -> None:
         key = f"{request_id}:{chunk}"
         self.chunks[(request_id, chunk)] = RowChunkDoc(
             _id=key, request_id=request_id, chunk=chunk, first_image=first_image, rows=list(rows)
@@ -72,6 +81,7 @@ class FakeRequestRepository:
             bytes_out=0,
             created_at=datetime.now(UTC),
             outbox_pending=True,
+            published_images=0,
             published_chunks=0,
         )
         self.requests[request_id] = doc
@@ -103,14 +113,23 @@ class FakeRequestRepository:
             yield row_and_outcomes
 
     # --- the outbox -----------------------------------------------------------------------------------
-    async def outbox_pending(self) -> AsyncIterator[str]:
-        for request_id, doc in list(self.requests.items()):
+    async def outcome(self, request_id: str, index: int) -> OutcomeDoc | None:
+        return copy.deepcopy(self.outcomes.get((request_id, index)))
+
+    async def outbox_pending(self) -> AsyncIterator[OutboxEntry]:
+        for request_id, doc in sorted(self.requests.items()):
             if doc.get("outbox_pending"):
-                yield request_id
+                fields = ("total_images", "published_chunks", "no_img_compressed", "no_img_failed")
+                entry = OutboxEntry(_id=request_id, **{f: doc[f] for f in fields})  # type: ignore[typeddict-item]
+                if "published_images" in doc:
+                    entry["published_images"] = doc["published_images"]
+                if request_id in self.leases:
+                    entry["lease_owner"], entry["lease_until"] = self.leases[request_id]
+                yield entry
 
     async def claim_outbox(self, request_id: str, owner: str, lease: timedelta) -> RequestDoc | None:
         holder = self.leases.get(request_id)
-        if holder is not None and holder[1] > datetime.now(UTC):
+        if holder is not None and holder[1] > datetime.now(UTC) and holder[0] != owner:
             return None
         self.leases[request_id] = (owner, datetime.now(UTC) + lease)
         return await self.get(request_id)
@@ -121,15 +140,17 @@ class FakeRequestRepository:
         self.leases[request_id] = (owner, datetime.now(UTC) + lease)
         return True
 
-    async def release_outbox(self, request_id: str, owner: str) -> None:
-        if self.leases.get(request_id, ("",))[0] == owner:
-            del self.leases[request_id]
-
     async def row_chunk(self, request_id: str, chunk: int) -> RowChunkDoc | None:
         return self.chunks.get((request_id, chunk))
 
-    async def record_published(self, request_id: str, owner: str, chunks: int, lease: timedelta) -> None:
-        self.requests[request_id]["published_chunks"] = chunks
+    async def record_published(
+        self, request_id: str, owner: str, images: int, chunks: int, lease: timedelta
+    ) -> bool:
+        if self.leases.get(request_id, ("",))[0] != owner:
+            return False
+        self.requests[request_id].update(published_images=images, published_chunks=chunks)
+        self.leases[request_id] = (owner, datetime.now(UTC) + lease)
+        return True
 
     async def finish_outbox(self, request_id: str, *, published: bool) -> None:
         self.requests[request_id].pop("outbox_pending", None)
@@ -201,8 +222,11 @@ class FakeRequestRepository:
 class FakeImageStore:
     files: dict[str, tuple[bytes, ImageMeta]] = field(default_factory=dict)
 
-    async def put(self, file_id: str, data: bytes, *, filename: str, meta: ImageMeta) -> None:
-        self.files[file_id] = (data, meta)
+    async def put(self, file_id: str, data: bytes, *, filename: str, meta: ImageMeta) -> StoredImage:
+        self.files.setdefault(file_id, (data, meta))  # the first complete write wins, as in GridFsImageStore
+        stored = await self.info(file_id)
+        assert stored is not None
+        return stored
 
     async def info(self, file_id: str) -> StoredImage | None:
         if file_id not in self.files:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,3 +60,38 @@ class Origin:
             self.webhook_failures -= 1
             return web.Response(status=500)
         return web.Response(status=204)
+
+
+@dataclass
+class SilentOrigin:
+    """A host that accepts connections and never answers: the worst kind of dead host (each request
+    costs a fetcher its whole read timeout, not a quick refusal)."""
+
+    connections: int = 0
+    base_url: str = ""
+    _server: asyncio.Server | None = None
+    _held: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/img/{name}"
+
+    async def start(self) -> SilentOrigin:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0, backlog=1024)
+        port = self._server.sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._held.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass  # read what the fetcher sends, and say nothing
+        writer.close()
+        self._held.remove(writer)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._held):
+                writer.close()

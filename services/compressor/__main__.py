@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 
+from services.compressor.codec_pool import CodecPool
 from services.compressor.fetch import FetchPolicy, SafeFetcher
-from services.compressor.handler import ROUTES, CodecPool, Compressor
+from services.compressor.handler import HOST_SLOT_WAIT_S, ROUTES, Compressor
+from services.compressor.hosts import CircuitBreakers, HostLimiter
 from shared.bus import bind
 from shared.runtime import Runtime, run_service
 
@@ -17,10 +19,13 @@ async def start(rt: Runtime) -> None:
     # codec processes) it leaves the latency-sensitive processes on the same host (the API, the broker,
     # the database) the CPU the moment they need it, and still gets every idle cycle.
     os.nice(s.compressor_nice)
-    codec = CodecPool(s.codec_workers)
+    codec = CodecPool(s.codec_workers, s.codec_time_budget, s.max_frames)
     await codec.warm_up()
-    fetcher = SafeFetcher(FetchPolicy.from_settings(s))
-    compressor = Compressor(rt.images, rt.bus, fetcher, codec, s.quality, s.max_pixels)
+    policy = FetchPolicy.from_settings(s)
+    breakers = CircuitBreakers(s.host_failures_to_open, s.host_cooldown, trial_timeout=policy.total_timeout)
+    fetcher = SafeFetcher(policy, breakers=breakers)
+    hosts = HostLimiter(s.host_concurrency, wait=HOST_SLOT_WAIT_S)
+    compressor = Compressor(rt.images, rt.bus, fetcher, codec, s.quality, s.max_pixels, rt.repo, hosts)
 
     async def close() -> None:
         await fetcher.close()

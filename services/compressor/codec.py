@@ -20,7 +20,9 @@ Decisions (each has a test in tests/unit/test_codec.py):
 * Animation (GIF, WebP, APNG) is re-encoded, all frames, to animated WebP with the original timing and
   loop count: it keeps the animation, is much smaller than GIF and strips metadata like every other path
   (keeping GIF bytes instead would be simpler but saves nothing and keeps comments/XMP). All frames
-  together must fit in `max_pixels`, so many frames cannot add up to a bomb; frames are not EXIF-rotated.
+  together must fit in `max_pixels`, so many frames cannot add up to a bomb, and there are at most
+  `max_frames` of them, so neither can many tiny ones (counted without walking past the cap); frames are
+  not EXIF-rotated. Whatever slips through is bounded in time by the codec pool (handler.py).
   Multi-image files that are not animations (MPO from phones, multi-page TIFF) use their first image.
 * Never larger, never leaking. If re-encoding does not make the image smaller, we keep the original,
   but only in a form without private metadata: JPEG/MPO and PNG are stripped losslessly (their marker
@@ -57,6 +59,7 @@ CONTENT_TYPES = {
     "AVIF": "image/avif",
     "BMP": "image/bmp",
 }
+MAX_FRAMES = 2000  # frames of one animation, at most (each is decoded and re-encoded)
 WEBP_MAX_SIDE = 16383
 JPEG_MAX_SIDE = 65500
 # libwebp effort 0-6. Encoding a 2 MP RGBA photo: method 2 ~60 ms, method 4 ~150 ms for ~7% fewer bytes,
@@ -95,7 +98,9 @@ class ImageRejected(Exception):
         return self.reason
 
 
-def compress(data: bytes, quality: int = 50, max_pixels: int = 50_000_000) -> CompressedImage:
+def compress(
+    data: bytes, quality: int = 50, max_pixels: int = 50_000_000, max_frames: int = MAX_FRAMES
+) -> CompressedImage:
     """Re-encode `data` smaller at `quality` (1-100); see the module docstring for what that means."""
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be 1-100, not {quality}")
@@ -106,7 +111,7 @@ def compress(data: bytes, quality: int = 50, max_pixels: int = 50_000_000) -> Co
         im = _open(_webp_alpha_flagged(data), max_pixels)
         with im:
             if im.format in ("GIF", "WEBP", "PNG") and _decoding(lambda: getattr(im, "is_animated", False)):
-                return _compress_animation(im, data, quality, max_pixels)
+                return _compress_animation(im, data, quality, max_pixels, max_frames)
             return _compress_still(im, data, quality)
 
 
@@ -251,11 +256,11 @@ def _encode(im: Image.Image, quality: int, icc: bytes | None, alpha: bool) -> tu
 
 
 def _compress_animation(
-    im: ImageFile.ImageFile, data: bytes, quality: int, max_pixels: int
+    im: ImageFile.ImageFile, data: bytes, quality: int, max_pixels: int, max_frames: int
 ) -> CompressedImage:
     fmt, info = im.format, dict(im.info)
     width, height = im.size
-    frames: int = _decoding(lambda: getattr(im, "n_frames", 1))
+    frames = _decoding(lambda: _frame_count(im, max_frames))
     if frames * width * height > max_pixels:
         raise ImageRejected(
             f"animation too large: {frames} frames of {width}x{height} exceed {max_pixels:,} pixels", "bomb"
@@ -297,6 +302,22 @@ def _compress_animation(
         assert fmt is not None
         return CompressedImage(original, CONTENT_TYPES[fmt], True, width, height)
     return CompressedImage(encoded, "image/webp", False, width, height)
+
+
+def _frame_count(im: ImageFile.ImageFile, max_frames: int) -> int:
+    """The number of frames, refusing more than `max_frames` without counting them all: a GIF does not
+    say how many frames it has, and counting a million 1x1 frames (Pillow's n_frames) takes ~10 s."""
+    if im.format == "GIF":
+        try:
+            im.seek(max_frames)  # frame numbers start at 0: this one exists only past the cap
+        except EOFError:
+            im.seek(0)
+        else:
+            raise ImageRejected(f"animation has more than {max_frames:,} frames", "bomb")
+    frames: int = getattr(im, "n_frames", 1)
+    if frames > max_frames:
+        raise ImageRejected(f"animation has {frames:,} frames; the limit is {max_frames:,}", "bomb")
+    return frames
 
 
 def _webp_alpha_flagged(data: bytes) -> bytes:
@@ -351,7 +372,8 @@ def _gif_has_metadata(data: bytes) -> bool:
 
 # JPEG APPn segments worth keeping, by marker and payload prefix. Everything else in APPn/COM is metadata:
 # EXIF and XMP (APP1), MPF (APP2, it points at appended images we drop), IPTC/Photoshop (APP13), comments.
-# JFXX (APP0 thumbnails) goes too: a thumbnail can show what an edit cropped away.
+# JFXX (APP0 thumbnails) goes too, and so does a thumbnail inside the JFIF segment itself: a thumbnail can
+# show what an edit cropped away.
 _JPEG_KEEP_APP = {0xE0: (b"JFIF\0",), 0xE2: (b"ICC_PROFILE\0",), 0xEE: (b"Adobe",)}
 
 
@@ -386,7 +408,12 @@ def strip_jpeg(data: bytes) -> bytes | None:
         keep = marker not in range(0xE0, 0xF0) and marker != 0xFE
         if marker in _JPEG_KEEP_APP:
             keep = payload.startswith(_JPEG_KEEP_APP[marker])
-        if keep:
+        if keep and marker == 0xE0:
+            # JFIF may carry a thumbnail after its 14 fixed bytes (which end with its width and height):
+            # keep the header, say "no thumbnail", drop the pixels.
+            if len(payload) >= 14:
+                out += (b"\xff\xe0", (16).to_bytes(2, "big"), payload[:12], b"\x00\x00")
+        elif keep:
             out += (bytes((0xFF, marker)), data[pos : pos + length])
         pos += length
         if marker == 0xDA:  # start of scan: entropy-coded data runs to the next real marker

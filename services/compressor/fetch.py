@@ -16,6 +16,7 @@ import structlog
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from services.compressor.hosts import CircuitBreakers, HostUnresponsive, origin_of
 from shared.magic import SNIFF_BYTES, describe_non_image, sniff_image
 from shared.netguard import BlockedAddressError, guarded_session
 from shared.retry import backoff_delay, parse_retry_after, retryable_status
@@ -64,20 +65,30 @@ class FetchError(Exception):
 
 
 class _Retryable(FetchError):
-    """One attempt failed in a way another attempt may not; `retry_after` is the server's wish, if any."""
+    """One attempt failed in a way another attempt may not; `retry_after` is the server's wish, if any.
+    `unresponsive`: the host did not answer at all (a timeout or a connection failure), which is what
+    its circuit breaker counts; an HTTP error status is an answer."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None, *, unresponsive: bool = False) -> None:
         super().__init__(reason, retryable=True)
         self.retry_after = retry_after
+        self.unresponsive = unresponsive
 
 
 class SafeFetcher:
     """Fetches image bytes; one instance (one connection pool) per process, closed on shutdown."""
 
-    def __init__(self, policy: FetchPolicy, *, resolver: AbstractResolver | None = None) -> None:
+    def __init__(
+        self,
+        policy: FetchPolicy,
+        *,
+        resolver: AbstractResolver | None = None,
+        breakers: CircuitBreakers | None = None,
+    ) -> None:
         # `resolver` replaces system DNS underneath the address guard; tests use it to map names.
         self._policy = policy
         self._resolver = resolver
+        self._breakers = breakers or CircuitBreakers(failures_to_open=10**9)  # none given: never opens
         self._session: aiohttp.ClientSession | None = None
         # No per-request total: fetch() holds one deadline over all attempts, redirects and sleeps.
         self._request_timeout = aiohttp.ClientTimeout(
@@ -96,9 +107,14 @@ class SafeFetcher:
             self._session = None
 
     async def fetch(self, url: str) -> bytes:
-        """The body of `url` if it is an image within the limits; FetchError otherwise."""
+        """The body of `url` if it is an image within the limits; FetchError otherwise.
+
+        The error is final for this image: every attempt the policy allows has been made (`retryable`
+        only says whether a later try might succeed). Every attempt first asks the host's circuit breaker,
+        so once a host is known to be unresponsive its images fail at once."""
         policy = self._policy
         start = _parse_url(url)
+        origin = origin_of(start)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.total_timeout
         attempt = 0
@@ -106,10 +122,9 @@ class SafeFetcher:
             async with asyncio.timeout_at(deadline):
                 while True:
                     attempt += 1
-                    try:
-                        return await self._attempt(start)
-                    except _Retryable as exc:
-                        failure = exc
+                    failure = await self._breaker_guarded_attempt(start, origin)
+                    if isinstance(failure, bytes):
+                        return failure
                     if attempt >= policy.attempts:
                         raise FetchError(
                             f"{failure.reason} after {_count(attempt, 'attempt')}", retryable=True
@@ -134,6 +149,23 @@ class SafeFetcher:
                 f"timed out after {_count(attempt, 'attempt')} ({policy.total_timeout:g} s limit)",
                 retryable=True,
             ) from None
+
+    async def _breaker_guarded_attempt(self, start: URL, origin: str) -> bytes | _Retryable:
+        """One attempt, if the host's breaker allows it: the body, or the retryable failure."""
+        try:
+            self._breakers.check(origin)
+        except HostUnresponsive as exc:
+            raise FetchError(exc.reason, retryable=True) from None
+        try:
+            body = await self._attempt(start)
+        except _Retryable as exc:
+            if exc.unresponsive:
+                self._breakers.failed(origin)
+            else:
+                self._breakers.succeeded(origin)
+            return exc
+        self._breakers.succeeded(origin)
+        return body
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         # Half jitter: workers retrying one origin don't march in step, and none retries at once.
@@ -174,7 +206,7 @@ class SafeFetcher:
             except FetchError:
                 raise
             except BlockedAddressError as exc:
-                raise FetchError(f"refused address {exc.ip} ({exc.reason})") from exc
+                raise FetchError(exc.public_reason) from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise _classify(exc, url) from exc
         raise FetchError(f"too many redirects (more than {self._policy.max_redirects})")
@@ -255,13 +287,13 @@ def _classify(exc: BaseException, url: URL) -> FetchError:
     if isinstance(exc, aiohttp.ClientSSLError):
         return FetchError(f"TLS error talking to {host}")
     if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError)):
-        return _Retryable("timed out")
+        return _Retryable("timed out", unresponsive=True)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return _Retryable(f"could not connect to {host}:{url.port}")
+        return _Retryable(f"could not connect to {host}:{url.port}", unresponsive=True)
     if isinstance(exc, aiohttp.InvalidURL):
         return FetchError("invalid URL")
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)):
-        return _Retryable("connection dropped by origin")
+        return _Retryable("connection dropped by origin", unresponsive=True)
     if isinstance(exc, aiohttp.ClientResponseError):
         return FetchError("malformed HTTP response from origin")
     return _Retryable(f"request failed ({type(exc).__name__})")

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 from prometheus_client import Counter, Histogram
 
-from services.compressor.codec import CompressedImage, ImageRejected, compress
+from services.compressor.codec import CompressedImage, ImageRejected
 from services.compressor.fetch import FetchError
+from services.compressor.hosts import HostLimiter, HostSaturated, origin_of
 from shared.bus import HandlerMethods, Publisher
 from shared.events import Event, ImageCompressed, ImageFailed, ImageRequested
-from shared.files import ImageMeta, ImageStore
+from shared.files import ImageMeta, ImageStore, StoredImage
+from shared.repository import OutcomeDoc, OutcomeStatus
 
 log = structlog.get_logger()
 
 IMAGES = Counter("imagepipe_compressor_images_total", "Images handled, by outcome", ["outcome"])
 BYTES = Counter("imagepipe_compressor_bytes_total", "Image bytes, by direction", ["direction"])
 SECONDS = Histogram("imagepipe_compressor_seconds", "Time per image, by stage", ["stage"])
+DEFERRED = Counter("imagepipe_compressor_deferred_total", "Images put back at the end of the queue", ["why"])
+# How long an image waits, holding its prefetch slot, before it is put back at the end of the queue: for a
+# download slot of its host (short, so a dead host's images cycle past quickly to reach other hosts'), and
+# for the outcome of its URL's first occurrence.
+HOST_SLOT_WAIT_S = 0.25
+DEFER_WAIT_S = 1.0
 
 
 class Fetcher(Protocol):
@@ -33,37 +38,10 @@ class Codec(Protocol):
     async def compress(self, data: bytes, quality: int, max_pixels: int) -> CompressedImage: ...
 
 
-class CodecPool:
-    """A pool of codec processes: decode/encode uses every core and never runs on the event loop.
+class Outcomes(Protocol):
+    """The outcomes recorded so far (the status service's read model): a repeated URL copies its first's."""
 
-    A worker that dies (a crash in a native decoder) breaks the whole pool; we replace it and let the
-    message be retried, so one hostile file cannot take the service down.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self._workers = workers
-        self._pool = self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
-
-    async def warm_up(self) -> None:
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._pool, int) for _ in range(self._workers)))
-
-    async def compress(self, data: bytes, quality: int, max_pixels: int) -> CompressedImage:
-        pool = self._pool
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, compress, data, quality, max_pixels)
-        except BrokenProcessPool:
-            if self._pool is pool:
-                log.error("codec_pool_broken_replacing")
-                self._pool = self._new_pool()
-                pool.shutdown(wait=False, cancel_futures=True)
-            raise
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    async def outcome(self, request_id: str, index: int) -> OutcomeDoc | None: ...
 
 
 @dataclass
@@ -74,25 +52,22 @@ class Compressor:
     codec: Codec
     quality: int
     max_pixels: int
+    outcomes: Outcomes
+    hosts: HostLimiter = field(default_factory=lambda: HostLimiter(per_host=4, wait=HOST_SLOT_WAIT_S))
 
     async def compress(self, event: ImageRequested) -> None:
-        # A redelivery of work already stored: report it again rather than redo it.
+        # A redelivery of work already stored, or a repeated URL whose first occurrence is stored (they
+        # share the output): report it again rather than redo it.
         stored = await self.images.info(event.file_id)
         if stored is not None:
-            meta = stored.meta
-            await self._compressed(
-                event, meta["contentType"], meta["input_bytes"], stored.length, meta["kept_original"]
-            )
+            await self._report(event, stored)
             return
-
-        with SECONDS.labels("fetch").time():
-            try:
-                original = await self.fetcher.fetch(event.url)
-            except FetchError as exc:
-                if exc.retryable:
-                    raise  # the bus retries it with a delay, then parks it (see on_parked)
-                await self._failed(event, exc.reason)
-                return
+        if event.duplicate_of is not None:
+            await self._copy_first_outcome(event, event.duplicate_of)
+            return
+        original = await self._fetch(event)
+        if original is None:
+            return
         with SECONDS.labels("codec").time():
             try:
                 image = await self.codec.compress(original, self.quality, self.max_pixels)
@@ -100,7 +75,7 @@ class Compressor:
                 await self._failed(event, exc.reason)
                 return
         with SECONDS.labels("store").time():
-            await self.images.put(
+            stored = await self.images.put(
                 event.file_id,
                 image.data,
                 filename=event.url.rsplit("/", 1)[-1][:200] or "image",
@@ -114,35 +89,74 @@ class Compressor:
             )
         BYTES.labels("in").inc(len(original))
         BYTES.labels("out").inc(len(image.data))
-        await self._compressed(event, image.content_type, len(original), len(image.data), image.kept_original)
+        await self._report(event, stored)
+
+    async def _fetch(self, event: ImageRequested) -> bytes | None:
+        """The image's bytes; None once the image is failed or deferred.
+
+        A failed fetch is final for the image: the fetcher already made every attempt its policy allows,
+        and bus retries on top would multiply them. A host with every download slot busy gets the image
+        back at the end of the queue, so its images never hold all of this compressor's prefetch slots."""
+        try:
+            async with self.hosts.slot(origin_of(event.url)):
+                with SECONDS.labels("fetch").time():
+                    return await self.fetcher.fetch(event.url)
+        except HostSaturated:
+            await self._defer(event, "host_saturated")
+        except FetchError as exc:
+            await self._failed(event, exc.reason)
+        return None
+
+    async def _copy_first_outcome(self, event: ImageRequested, first: int) -> None:
+        """A URL repeated in its request is fetched once, for its first occurrence; the others copy its
+        outcome (a compressed first one is stored, and found above, since they share the output id)."""
+        outcome = await self.outcomes.outcome(event.request_id, first)
+        if outcome is None:
+            await asyncio.sleep(DEFER_WAIT_S)  # the first is still on its way: look again after the rest
+            await self._defer(event, "first_occurrence_pending")
+        elif outcome["status"] == OutcomeStatus.FAILED:
+            await self._failed(event, outcome.get("reason", "failed"))
+        else:
+            meta = ImageMeta(
+                contentType=outcome.get("content_type", "application/octet-stream"),
+                request_id=event.request_id,
+                index=first,
+                input_bytes=outcome.get("input_bytes", 0),
+                kept_original=outcome.get("kept_original", False),
+            )
+            file_id = outcome.get("file_id", event.file_id)
+            await self._report(event, StoredImage(file_id, outcome.get("output_bytes", 0), meta))
+
+    async def _defer(self, event: ImageRequested, why: str) -> None:
+        """Back to the end of the queue (published again before this delivery is acknowledged)."""
+        DEFERRED.labels(why).inc()
+        await self.publisher.publish(event)
+        log.debug("image_deferred", index=event.index, why=why)
 
     async def on_parked(self, event: Event, reason: str) -> None:
         """Every retry failed: the image still needs an outcome, or its request would never complete."""
         if isinstance(event, ImageRequested):
             await self._failed(event, reason)
 
-    async def _compressed(
-        self,
-        event: ImageRequested,
-        content_type: str,
-        input_bytes: int,
-        output_bytes: int,
-        kept_original: bool,
-    ) -> None:
+    async def _report(self, event: ImageRequested, stored: StoredImage) -> None:
+        """Publish the outcome of what is stored under the image's output id."""
         IMAGES.labels("compressed").inc()
+        meta = stored.meta
         await self.publisher.publish(
             ImageCompressed(
                 request_id=event.request_id,
                 index=event.index,
                 url=event.url,
-                file_id=event.file_id,
-                content_type=content_type,
-                input_bytes=input_bytes,
-                output_bytes=output_bytes,
-                kept_original=kept_original,
+                file_id=stored.file_id,
+                content_type=meta["contentType"],
+                input_bytes=meta["input_bytes"],
+                output_bytes=stored.length,
+                kept_original=meta["kept_original"],
             )
         )
-        log.info("image_compressed", index=event.index, input_bytes=input_bytes, output_bytes=output_bytes)
+        log.info(
+            "image_compressed", index=event.index, input_bytes=meta["input_bytes"], output_bytes=stored.length
+        )
 
     async def _failed(self, event: ImageRequested, reason: str) -> None:
         IMAGES.labels("failed").inc()

@@ -63,7 +63,7 @@ async def post_webhook(
     except TimeoutError:  # aiohttp's timeouts subclass it
         return AttemptOutcome(ok=False, retryable=True, detail=f"timed out after {timeout:g} s")
     except BlockedAddressError as exc:  # the SSRF guard refused where the URL points: final
-        return AttemptOutcome(ok=False, retryable=False, detail=str(exc))
+        return AttemptOutcome(ok=False, retryable=False, detail=exc.public_reason)
     except (aiohttp.InvalidURL, aiohttp.ClientConnectorCertificateError) as exc:
         # Retrying won't fix a malformed URL or a receiver's bad certificate.
         return AttemptOutcome(ok=False, retryable=False, detail=f"{type(exc).__name__}: {exc}")

@@ -16,7 +16,7 @@ from fastapi_offline import FastAPIOffline
 from services.upload.csv_input import CsvLimits
 from services.upload.deps import Gateway
 from services.upload.errors import install_error_handlers
-from services.upload.middleware import AccessLog, BodySizeLimit
+from services.upload.middleware import AccessLog, BodyLimit, BodySizeLimit
 from services.upload.openapi import DESCRIPTION, install_openapi
 from services.upload.relay import OutboxRelay
 from services.upload.routes import events, health, images, notifications, page, requests, uploads
@@ -25,12 +25,13 @@ from shared.runtime import Runtime
 from shared.settings import Settings, get_settings
 
 UPLOAD_OVERHEAD_BYTES = 64 * 1024  # the multipart framing and form fields around the CSV
+SMALL_BODY = BodyLimit(8 * 1024)  # every other route: a JSON or form body of a few fields, or none
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     runtime = Runtime.create("upload", settings)
-    relay = OutboxRelay(runtime.repo, runtime.bus)
+    relay = OutboxRelay(runtime.repo, runtime.bus, window=settings.outbox_window)
     caches = ShortLivedCache(settings.status_cache_seconds), ShortLivedCache(settings.events_interval_seconds)
     gateway = Gateway(runtime, relay, CsvLimits.from_settings(settings), *caches)
 
@@ -47,9 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gateway = gateway
     install_error_handlers(app)
     install_openapi(app)
-    app.add_middleware(
-        BodySizeLimit, path="/upload", max_bytes=settings.max_csv_bytes + UPLOAD_OVERHEAD_BYTES
-    )
+    upload = BodyLimit(settings.max_csv_bytes + UPLOAD_OVERHEAD_BYTES, field="file")
+    app.add_middleware(BodySizeLimit, limits={"/upload": upload}, default=SMALL_BODY)
     app.add_middleware(AccessLog)  # added last, so outermost: it also logs what the size limit refuses
     for module in (uploads, requests, events, images, notifications, health, page):
         app.include_router(module.router)

@@ -20,8 +20,9 @@ Decisions, as the user sees them:
   only (http or https, a host, no whitespace, at most `max_url_length` characters); the compressor does
   the network-level checks.
 * Status codes: 400 the CSV syntax is broken or there is no data (empty file, header only, unterminated
-  quote); 413 too large: more than `max_bytes`, `max_rows` data rows or `max_images` URLs in total (reading
-  stops at once); 415 not UTF-8 CSV text (an image, a workbook, NUL bytes, undecodable bytes); 422 the CSV
+  quote); 413 too large: more than `max_bytes`, `max_rows` data rows, `max_images` URLs in total or a row of
+  more than `max_row_bytes` (reading stops at once); 415 not UTF-8 CSV text (an image, a workbook, NUL bytes
+  anywhere in the file, undecodable bytes); 422 the CSV
   parses but its content is wrong: missing columns, bad cells, a row with the wrong number of cells, more
   than `max_urls_per_row` URLs in one row. With several kinds of problem the status is the first of
   413, 415, 400, 422.
@@ -109,6 +110,7 @@ class CsvLimits:
     max_urls_per_row: int
     max_images: int
     max_url_length: int
+    max_row_bytes: int = 1024 * 1024  # one row, all its cells (UTF-8): it must fit a stored document
 
     @classmethod
     def from_settings(cls, s: Settings) -> CsvLimits:
@@ -118,6 +120,7 @@ class CsvLimits:
             max_urls_per_row=s.max_urls_per_row,
             max_images=s.max_images,
             max_url_length=s.max_url_length,
+            max_row_bytes=s.max_row_bytes,
         )
 
 
@@ -135,6 +138,10 @@ class _TooLarge(Exception):
 
 
 class _LineTooLong(Exception):
+    pass
+
+
+class _NulByte(Exception):
     pass
 
 
@@ -199,6 +206,11 @@ class CsvReader:
     def bytes_read(self) -> int:
         return self._raw.total
 
+    @property
+    def urls_column(self) -> int:
+        """The position of `Input Image Urls` in the header (once it has been read)."""
+        return self._urls_at
+
     def chunks(self, size: int) -> Iterator[list[ParsedRow]]:
         if size < 1:
             raise ValueError("chunk size must be at least 1")
@@ -250,6 +262,9 @@ class CsvReader:
                 cells = [c.strip() for c in record]
                 if not any(cells):
                     continue
+                # A character is at most 4 bytes: only a row that might be too large is measured exactly.
+                if 4 * sum(map(len, cells)) > self.limits.max_row_bytes and self._row_too_large(row, cells):
+                    return
                 if not header:
                     header = True
                     if not self._header(row, cells):
@@ -268,6 +283,10 @@ class CsvReader:
         except _TooLarge:
             self._add(None, None, f"the file is larger than {self.limits.max_bytes} bytes", TOO_LARGE)
             return
+        except _NulByte:
+            why = f"a NUL byte (binary data) on row {row + 1}: not a CSV text file; {_SAVE_AS}"
+            self._add(row + 1, None, why, UNSUPPORTED)
+            return
         except _LineTooLong:
             self._add(row + 1, None, f"a line is longer than {self._line_limit} characters", BAD_REQUEST)
             return
@@ -278,6 +297,14 @@ class CsvReader:
             self._add(None, None, "the file is empty", BAD_REQUEST)
         elif self.row_count == 0:
             self._add(None, None, "the file has a header but no data rows", BAD_REQUEST)
+
+    def _row_too_large(self, row: int, cells: list[str]) -> bool:
+        size = sum(len(c.encode("utf-8", "surrogateescape")) for c in cells)
+        if size <= self.limits.max_row_bytes:
+            return False
+        limit = self.limits.max_row_bytes
+        self._add(row, None, f"the row holds {size} bytes; a row may hold at most {limit}", TOO_LARGE)
+        return True
 
     def _header(self, row: int, cells: list[str]) -> bool:
         while cells and not cells[-1]:
@@ -417,6 +444,8 @@ def _lines(text: io.TextIOWrapper, limit: int) -> Iterator[str]:
     while line := readline(limit):
         if len(line) >= limit and line[-1] not in "\r\n":
             raise _LineTooLong
+        if "\x00" in line:  # the first KiB was sniffed as a whole; this catches binary data further on
+            raise _NulByte
         yield line
 
 

@@ -32,7 +32,7 @@ def form_problems(
         )
     else:
         try:
-            validate_email(email, check_deliverability=False)
+            ascii_address(email)
         except EmailNotValidError as exc:
             problems.append(problem(f"invalid email address: {exc}", field="email"))
     if webhook_url is not None:
@@ -40,6 +40,15 @@ def form_problems(
         if reason:
             problems.append(problem(reason, field="webhook_url"))
     return problems
+
+
+def ascii_address(email: str) -> str:
+    """The address as it is sent: in ASCII, with an internationalised domain in its punycode form.
+
+    A non-ASCII part before the @ is refused (EmailNotValidError): it can only be delivered over SMTPUTF8,
+    which many relays lack, and the failure would show only when the batch is done and its email bounces.
+    Refusing it at upload is an answer the user gets at once; an internationalised domain loses nothing."""
+    return validate_email(email, check_deliverability=False, allow_smtputf8=False).ascii_email or email
 
 
 def webhook_url_problem(url: str, *, allow_private: bool) -> str | None:
@@ -71,15 +80,23 @@ async def store_request(
     reader = CsvReader(file.file, limits)
     chunks = reader.chunks(ROWS_PER_CHUNK)
     chunk_no = images = products = 0
+    first_seen: dict[str, int] = {}  # URL -> index of its first occurrence: repeats are fetched once
     # Parsing is CPU work: each chunk is read in a thread, so the event loop keeps serving other requests.
     while (rows := await asyncio.to_thread(next, chunks, None)) is not None:
         if reader.problems:
             continue  # keep reading to report every problem, but store nothing more
-        stored = [RowDoc(serial=r.serial, name=r.name, urls=list(r.urls), cells=list(r.cells)) for r in rows]
-        await repo.add_rows(request_id, chunk_no, images, stored)
+        stored = []
+        for r in rows:
+            row = RowDoc(serial=r.serial, name=r.name, urls=list(r.urls), cells=list(r.cells))
+            firsts = [first_seen.setdefault(url, images + i) for i, url in enumerate(r.urls)]
+            if any(first != images + i for i, first in enumerate(firsts)):
+                row["duplicate_of"] = [None if f == images + i else f for i, f in enumerate(firsts)]
+            stored.append(row)
+            images += len(r.urls)
+        first_image = images - sum(len(r.urls) for r in rows)
+        await repo.add_rows(request_id, chunk_no, first_image, stored, urls_column=reader.urls_column)
         chunk_no += 1
         products += len(rows)
-        images += sum(len(r.urls) for r in rows)
     reader.raise_if_invalid()
     upload = Upload(
         email=email,

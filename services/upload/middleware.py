@@ -1,10 +1,12 @@
-"""ASGI middleware of the gateway: one access-log line per request, and an early 413 for oversized uploads."""
+"""ASGI middleware of the gateway: one access-log line per request, and a body limit for every route."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,41 +57,67 @@ class AccessLog:
             )
 
 
-class BodySizeLimit:
-    """Refuse an oversized upload with 413 while it streams in, before it is parsed or spooled."""
+@dataclass(frozen=True)
+class BodyLimit:
+    """How large a request body a route takes; `field` names the form field the size is about, if one."""
 
-    def __init__(self, app: ASGIApp, path: str, max_bytes: int) -> None:
-        self.app, self.path, self.max_bytes = app, path, max_bytes
+    max_bytes: int
+    field: str | None = None
+
+
+class BodySizeLimit:
+    """Every route has a body limit: its own (`limits`, by path) or `default`, enforced while the body
+    streams in, before anything parses or spools it. A declared Content-Length over the limit is refused at
+    once; a streamed body is cut off at the limit. Whenever a response goes out before the request's whole
+    body was read (this 413, or a 401 from auth, which runs before the body is read), the connection is
+    closed with it, so the server does not go on reading (and discarding) what the client still sends.
+    """
+
+    def __init__(self, app: ASGIApp, limits: Mapping[str, BodyLimit], default: BodyLimit) -> None:
+        self.app, self.limits, self.default = app, limits, default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._reject(send)
+        limit = self.limits.get(scope["path"], self.default)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit.max_bytes:
+            await _reject(send, scope, limit)
             return
         seen = 0
+        body_done = length in (None, b"0") and b"transfer-encoding" not in headers  # no body at all
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, body_done
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            body_done = body_done or not message.get("more_body", False)
+            if seen > limit.max_bytes:
                 raise _TooLarge
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send)
+        async def closing_if_unread(message: Message) -> None:
+            if message["type"] == "http.response.start" and not body_done:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
 
-    async def _reject(self, send: Send) -> None:
-        reason = f"the request body exceeds {self.max_bytes} bytes"
-        body = json.dumps(error_body("the upload is larger than the limit", [problem(reason, field="file")]))
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body.encode()})
+        try:
+            await self.app(scope, limited, closing_if_unread)
+        except _TooLarge:
+            await _reject(send, scope, limit)
+
+
+async def _reject(send: Send, scope: Scope, limit: BodyLimit) -> None:
+    route = f"{scope['method']} {scope['path']}"
+    reason = f"the request body exceeds {limit.max_bytes} bytes, the limit of {route}"
+    body = json.dumps(
+        error_body("the request body is larger than the limit", [problem(reason, field=limit.field)])
+    )
+    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body.encode()})
 
 
 class _TooLarge(Exception):

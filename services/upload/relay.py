@@ -1,12 +1,18 @@
-"""The upload's outbox: publishes the ImageRequested events of accepted requests.
+"""The upload's outbox: meters the ImageRequested events of accepted requests into the queue.
 
 An accepted request is stored first (its rows and its request document, flagged `outbox_pending`), and
-only then published, chunk by chunk, recording after each confirmed chunk how far it got. If the broker
-is down or the process dies midway, the next pass (on start-up, then every few seconds) resumes from the
-last recorded chunk; at most one chunk is published twice, which the idempotent consumers absorb.
-A lease keeps two gateway replicas from publishing the same request at once. It is renewed while the
-publishing goes on and given back if it fails, so a retry need not wait; the lease of a gateway that died
-runs out within LEASE, and the next pass (its own restart, typically) takes the request over.
+only then published. Publishing is metered, so that no request can starve another: each request has at
+most `window` images queued or in progress (published, minus the outcomes the status service has counted),
+and every pass tops up each pending request in turn. A 200,000-image upload therefore never puts more than
+`window` messages in front of a 10-image upload made after it, the queue stays short, and dropping a
+request's remaining work is cheap.
+
+At-least-once: the relay records how far it got (`published_images`) only after the broker confirmed those
+messages. If the broker is down or the process dies midway, the next pass resumes from the last recorded
+position, so at most one top-up is published twice, which the idempotent consumers absorb. A lease keeps
+two gateway replicas from topping up the same request at once; it is kept from one top-up to the next,
+extended by every progress record and checked by it (a relay whose lease was taken over records nothing
+and stops), so the lease of a gateway that died runs out within LEASE and any relay takes over.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from datetime import timedelta
+from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from prometheus_client import Counter
@@ -22,58 +29,81 @@ from prometheus_client import Counter
 from shared.bus import Publisher
 from shared.events import ImageRequested
 from shared.files import output_file_id
-from shared.repository import RequestDoc, RequestRepository, RowChunkDoc
+from shared.repository import OutboxEntry, RequestDoc, RequestRepository, RowChunkDoc
+from shared.runtime import wait_until_set
 
 log = structlog.get_logger()
 
 PUBLISHED = Counter("imagepipe_upload_events_published_total", "ImageRequested events published")
-LEASE = timedelta(seconds=6)  # renewed every LEASE/3 while publishing
+LEASE = timedelta(seconds=6)  # extended by every progress record, and every LEASE/3 while publishing
+MAX_RETRY_WAIT_S = 10.0  # between passes while they fail (an outage)
+_EPOCH = datetime.fromtimestamp(0, UTC)
+CACHED_CHUNKS = 8  # row chunks kept between passes: a request's next top-up usually reads the same one
 
 
 class OutboxRelay:
-    def __init__(self, repo: RequestRepository, publisher: Publisher, interval: float = 3.0) -> None:
+    def __init__(
+        self, repo: RequestRepository, publisher: Publisher, *, window: int = 256, interval: float = 0.5
+    ) -> None:
         self.repo = repo
         self.publisher = publisher
-        self.interval = interval
+        self.window = window
+        self.interval = interval  # between passes: how soon a finished image's slot is refilled
         self.owner = uuid.uuid4().hex  # this relay's name on the leases it holds
         self._kick = asyncio.Event()
+        self._chunks: OrderedDict[tuple[str, int], RowChunkDoc] = OrderedDict()
 
     def kick(self) -> None:
         """A request was just accepted: publish now rather than at the next tick."""
         self._kick.set()
 
     async def run_forever(self) -> None:
+        failures = 0
         while True:
             self._kick.clear()
             try:
-                while await self.publish_next():
-                    pass
-            except Exception as exc:  # broker or database outage: the work stays pending; retry next tick
-                log.warning("outbox_publish_failed", error=str(exc)[:200])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.interval)
+                await self.pass_once()
+                failures = 0
+            except Exception as exc:  # broker or database outage: the work stays pending; retry later
+                failures += 1
+                log.warning("outbox_publish_failed", error=str(exc)[:200], failures=failures)
+            wait = min(self.interval * 2 ** min(failures, 6), MAX_RETRY_WAIT_S)  # back off while failing
+            await wait_until_set(self._kick, wait)
 
-    async def publish_next(self) -> bool:
-        """Claim one pending request and publish the rest of its events. False when none is claimable."""
-        async for request_id in self.repo.outbox_pending():
-            request = await self.repo.claim_outbox(request_id, self.owner, LEASE)
-            if request is None:
-                continue  # another replica holds it
-            with structlog.contextvars.bound_contextvars(request_id=request_id):
-                try:
-                    await self._publish_holding_lease(request)
-                except Exception:
-                    # Give the lease back, or the retry a few seconds from now would find it still held.
-                    with contextlib.suppress(Exception):
-                        await self.repo.release_outbox(request_id, self.owner)
-                    raise
-            return True
-        return False
+    async def pass_once(self) -> int:
+        """Top up every pending request whose window has room (a quarter of it, or what it has left), in
+        turn; returns how many images were published."""
+        published = 0
+        async for entry in self.repo.outbox_pending():
+            if self._room(entry) >= min(max(self.window // 4, 1), self._left(entry)):
+                with structlog.contextvars.bound_contextvars(request_id=entry["_id"]):
+                    published += await self._top_up(entry)
+        return published
 
-    async def _publish_holding_lease(self, request: RequestDoc) -> None:
-        renewing = asyncio.create_task(self._renew_lease(request["_id"]))
+    def _room(self, entry: OutboxEntry | RequestDoc) -> int:
+        in_flight = entry.get("published_images", 0) - entry["no_img_compressed"] - entry["no_img_failed"]
+        return min(self.window - in_flight, self._left(entry))
+
+    @staticmethod
+    def _left(entry: OutboxEntry | RequestDoc) -> int:
+        return entry["total_images"] - entry.get("published_images", 0)
+
+    async def _top_up(self, entry: OutboxEntry) -> int:
+        request_id = entry["_id"]
+        # Writes to the request document conflict with the status service's transactions on it, so a
+        # relay keeps its lease from one top-up to the next (each progress record extends it) and claims
+        # only when it does not hold it with time to spare: a top-up costs one write, not three.
+        held = entry.get("lease_owner") == self.owner and entry.get("lease_until", _EPOCH) > _soon()
+        request = (
+            await self.repo.get(request_id, notifications=False)
+            if held
+            else await self.repo.claim_outbox(request_id, self.owner, LEASE)
+        )
+        if request is None:
+            return 0  # another replica holds it
+        renewing = asyncio.create_task(self._renew_lease(request_id))
         try:
-            await self._publish(request)
+            return await self._publish_window(request)
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -87,33 +117,90 @@ class OutboxRelay:
                     log.warning("outbox_lease_lost")
                     return
 
-    async def _publish(self, request: RequestDoc) -> None:
+    async def _publish_window(self, request: RequestDoc) -> int:
+        """Publish what the request's window has room for; returns how many images that was."""
         request_id = request["_id"]
-        for chunk_no in range(request["published_chunks"], request["row_chunks"]):
+        if "published_images" not in request:  # published chunk by chunk before metering existed
+            request["published_images"] = await self._first_image(request, request["published_chunks"])
+        start, room = request["published_images"], self._room(request)
+        if room <= 0 < self._left(request):
+            return 0
+        events, chunks_done = await self._events(request, start, room)
+        if events is None:
+            # Only a request whose upload failed after its document was written (the client was told 503,
+            # nothing accepted) lacks rows: it is not ours to publish, and must not block others.
+            log.error("outbox_request_without_rows_dropped")
+            await self.repo.finish_outbox(request_id, published=False)
+            return 0
+        await self.publisher.publish_many(events)
+        PUBLISHED.inc(len(events))
+        end = start + len(events)
+        if not await self.repo.record_published(request_id, self.owner, end, chunks_done, LEASE):
+            log.warning("outbox_lease_taken_over", published_to=end)
+            return len(events)  # the new holder goes on from what was recorded
+        if end >= request["total_images"]:
+            await self.repo.finish_outbox(request_id, published=True)
+            log.info("request_published", images=request["total_images"])
+        return len(events)
+
+    async def _events(
+        self, request: RequestDoc, start: int, count: int
+    ) -> tuple[list[ImageRequested] | None, int]:
+        """The events of images start .. start+count-1, and how many chunks are then wholly published;
+        None if a chunk is missing."""
+        request_id, end = request["_id"], start + count
+        events: list[ImageRequested] = []
+        chunk_no = request["published_chunks"]
+        while chunk_no < request["row_chunks"]:
+            chunk = await self._chunk(request_id, chunk_no)
+            if chunk is None:
+                return None, chunk_no
+            index = chunk["first_image"]
+            for row in chunk["rows"]:
+                firsts = row.get("duplicate_of") or [None] * len(row["urls"])
+                for url, first in zip(row["urls"], firsts, strict=True):
+                    if start <= index < end:
+                        events.append(_image_request(request_id, index, url, first))
+                    index += 1
+            if index > end:
+                break  # this chunk has images left for the next top-up
+            chunk_no += 1
+            self._chunks.pop((request_id, chunk_no - 1), None)
+            if index == end:
+                break
+        return events, chunk_no
+
+    async def _chunk(self, request_id: str, chunk_no: int) -> RowChunkDoc | None:
+        key = (request_id, chunk_no)
+        chunk = self._chunks.get(key)
+        if chunk is None:
             chunk = await self.repo.row_chunk(request_id, chunk_no)
             if chunk is None:
-                # Only a request whose upload failed after its document was written (the client was told
-                # 503, nothing accepted) lacks rows: it is not ours to publish, and must not block others.
-                log.error("outbox_request_without_rows_dropped", chunk=chunk_no)
-                await self.repo.finish_outbox(request_id, published=False)
-                return
-            events = _image_requests(chunk)
-            await self.publisher.publish_many(events)
-            PUBLISHED.inc(len(events))
-            await self.repo.record_published(request_id, self.owner, chunk_no + 1, LEASE)
-        await self.repo.finish_outbox(request_id, published=True)
-        log.info("request_published", images=request["total_images"])
+                return None
+            self._chunks[key] = chunk
+            if len(self._chunks) > CACHED_CHUNKS:
+                self._chunks.popitem(last=False)
+        return chunk
+
+    async def _first_image(self, request: RequestDoc, chunk_no: int) -> int:
+        if chunk_no >= request["row_chunks"]:
+            return request["total_images"]
+        chunk = await self._chunk(request["_id"], chunk_no)
+        return chunk["first_image"] if chunk is not None else 0
 
 
-def _image_requests(chunk: RowChunkDoc) -> list[ImageRequested]:
-    request_id, index = chunk["request_id"], chunk["first_image"]
-    events = []
-    for row in chunk["rows"]:
-        for url in row["urls"]:
-            events.append(
-                ImageRequested(
-                    request_id=request_id, index=index, url=url, file_id=output_file_id(request_id, index)
-                )
-            )
-            index += 1
-    return events
+def _soon() -> datetime:
+    """A held lease with less time than this left is claimed again before a top-up."""
+    return datetime.now(UTC) + LEASE / 2
+
+
+def _image_request(request_id: str, index: int, url: str, first: int | None) -> ImageRequested:
+    # Every occurrence of a repeated URL shares its first occurrence's output id: fetched once, and an
+    # occurrence handled by any compressor finds (or, if it predates `duplicate_of`, writes) the same file.
+    return ImageRequested(
+        request_id=request_id,
+        index=index,
+        url=url,
+        file_id=output_file_id(request_id, index if first is None else first),
+        duplicate_of=first,
+    )

@@ -178,3 +178,34 @@ async def test_the_api_writes_one_access_line_per_request(stack: Stack) -> None:
     (line,) = await eventually(access_lines)
     assert (line["method"], line["path"], line["status"]) == ("GET", f"/status/{request_id}", 404)
     assert isinstance(line["duration_ms"], float)
+
+
+async def test_a_url_repeated_in_a_request_is_fetched_once_and_every_occurrence_gets_its_output(
+    stack: Stack,
+) -> None:
+    origin = stack.origin  # shared by the session's tests: names of this test's own
+    origin.images["repeated-same.jpg"] = photo(320, 240, seed=7)
+    origin.images["repeated-other.jpg"] = photo(320, 240, seed=8)
+    same, gone, other = (origin.url(f"repeated-{name}.jpg") for name in ("same", "gone", "other"))
+    csv_text = product_csv(
+        [
+            ("1", "A", [same, gone, same]),
+            ("2", "B", [other, same]),
+            ("3", "C", [gone]),
+        ]
+    )
+    request_id = (await stack.upload(csv_text))["request_id"]
+    done = await stack.wait_completed(request_id)
+
+    assert (origin.hits["repeated-same.jpg"], origin.hits["repeated-other.jpg"]) == (1, 1)
+    assert origin.hits["repeated-gone.jpg"] == 1, "a failing URL is fetched once too"
+    assert (done["no_img_compressed"], done["no_img_failed"]) == (4, 2)
+    rows = [d["output_urls"] for d in done["product_details"]]
+    assert rows[0][0] == rows[0][2] == rows[1][1] is not None  # every occurrence: the one output
+    assert rows[0][1] is None and rows[2] == [None]
+    output = await stack.http.get(f"{stack.api}/output/{request_id}")
+    lines = list(csv.reader(io.StringIO(output.content.decode("utf-8-sig"))))
+    assert lines[1][3].split(", ") == [rows[0][0], lines[1][3].split(", ")[1], rows[0][0]]
+    assert lines[1][3].split(", ")[1].startswith("FAILED: HTTP 404") and lines[3][3].startswith(
+        "FAILED: HTTP 404"
+    )

@@ -66,6 +66,8 @@ async def test_request_ids_are_unguessable(api: httpx.AsyncClient) -> None:
     ("data", "field", "reason"),
     [
         ({"email": "not-an-email"}, "email", "invalid email"),
+        ({"email": "josé@example.com"}, "email", "before the @-sign are not supported"),
+        ({"email": "用户@例子.广告"}, "email", "before the @-sign are not supported"),
         ({"email": ""}, "email", "required"),
         ({"webhook_url": "ftp://hooks.example.com/x"}, "webhook_url", "http(s)"),
         ({"webhook_url": "not a url"}, "webhook_url", "http(s)"),
@@ -196,6 +198,16 @@ class TestApiKeys:
         )
         assert good.status_code == 404  # authorised; the request id is simply unknown
 
+    async def test_a_signature_with_a_5000_digit_timestamp_is_a_401_not_a_500(
+        self, secured: httpx.AsyncClient
+    ) -> None:
+        body = b'{"request_id": "' + b"z" * 22 + b'"}'
+        headers = {**signed_headers(self.SECRET, "msg_1", 1, body), "webhook-timestamp": "9" * 5000}
+        response = await secured.post(
+            "/webhook-completed", content=body, headers={"content-type": "application/json", **headers}
+        )
+        assert response.status_code == 401
+
 
 @pytest.mark.parametrize(
     "url",
@@ -237,3 +249,12 @@ async def test_an_empty_configured_key_never_authenticates(settings: Settings, m
     s = settings.model_copy(update={"api_keys": [SecretStr("")]})
     async for api in client_for(s):
         assert (await api.get("/status/" + "x" * 22)).status_code == 401
+
+
+async def test_an_internationalised_domain_is_accepted_and_stored_as_it_is_sent(
+    api: httpx.AsyncClient, mongo: Mongo
+) -> None:
+    response = await post_csv(api, GOOD_CSV, email="buyer@bücher.example")
+    assert response.status_code == 202, response.text
+    doc = await mongo.requests.find_one({"_id": response.json()["request_id"]})
+    assert doc is not None and doc["email"] == "buyer@xn--bcher-kva.example"  # plain ASCII in the headers

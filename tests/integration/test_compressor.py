@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from localrun.samples import photo
+from services.compressor.codec_pool import CodecPool
 from services.compressor.fetch import FetchPolicy, SafeFetcher
-from services.compressor.handler import CodecPool, Compressor
+from services.compressor.handler import Compressor
 from shared.events import ImageCompressed, ImageFailed, ImageRequested
 from shared.files import GridFsImageStore, output_file_id
 from shared.mongo import Mongo
+from shared.repository import MongoRequestRepository
 from shared.settings import Settings
 from tests.fakes import RecordingPublisher
 from tests.origin import Origin
@@ -42,6 +44,7 @@ async def compressor(settings: Settings, mongo: Mongo, codec: CodecPool) -> Asyn
         codec,
         quality=50,
         max_pixels=settings.max_pixels,
+        outcomes=MongoRequestRepository(mongo),
     )
     await fetcher.close()
 
@@ -99,3 +102,53 @@ async def test_a_slow_download_does_not_stall_other_images(compressor: Compresso
     await asyncio.gather(run("slow.jpg", 0), *(run(f"fast{n}.jpg", n + 1) for n in range(6)))
     assert max(v for k, v in finished.items() if k != "slow.jpg") < finished["slow.jpg"]
     assert finished["slow.jpg"] >= 2.0
+
+
+def gif_of_tiny_frames(size: int) -> bytes:
+    """An animated GIF of 1x1 frames, `size` bytes long: a 25 MiB one holds about 1.1 million frames, passes
+    the pixel budget, and took ~45 s of CPU to re-encode before frames were capped."""
+    head = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
+    head += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
+    frame = (
+        b"\x21\xf9\x04\x00\x01\x00\x00\x00"
+        + b"\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00"
+        + b"\x02\x02\x44\x01\x00"
+    )
+    return head + frame * ((size - len(head) - 1) // len(frame)) + b"\x3b"
+
+
+async def test_a_25_mib_gif_of_tiny_frames_fails_fast_on_its_frame_count(
+    compressor: Compressor, origin: Origin
+) -> None:
+    origin.images["frames.gif"] = gif_of_tiny_frames(25 * 1024 * 1024 - 1024)
+    started = asyncio.get_running_loop().time()
+    await compressor.compress(requested(origin, "frames.gif"))
+    (failed,) = compressor.publisher.events  # type: ignore[attr-defined]
+    assert isinstance(failed, ImageFailed) and failed.reason == "animation has more than 2,000 frames"
+    assert asyncio.get_running_loop().time() - started < 10
+
+
+async def test_an_image_over_its_time_budget_fails_and_its_codec_worker_is_replaced(
+    settings: Settings, mongo: Mongo, origin: Origin
+) -> None:
+    # A 16 MP photo takes about 0.25 s to decode and re-encode; the pool checks budgets every 0.1 s.
+    slow = CodecPool(1, time_budget=0.001)
+    await slow.warm_up()
+    fetcher = SafeFetcher(FetchPolicy.from_settings(settings))
+    compressor = Compressor(
+        GridFsImageStore(mongo), RecordingPublisher(), fetcher, slow, 50, 10**8, MongoRequestRepository(mongo)
+    )
+    try:
+        origin.images["huge.jpg"] = photo(4000, 4000, seed=3)
+        await compressor.compress(requested(origin, "huge.jpg"))
+        (failed,) = compressor.publisher.events  # type: ignore[attr-defined]
+        assert isinstance(failed, ImageFailed)
+        assert failed.reason == "took longer than 0.001 s to decode and re-encode"
+
+        slow.time_budget = 30.0  # the replacement worker takes the next image
+        origin.images["small.jpg"] = photo(64, 64, seed=4)
+        await compressor.compress(requested(origin, "small.jpg", index=1))
+        assert isinstance(compressor.publisher.events[-1], ImageCompressed)  # type: ignore[attr-defined]
+    finally:
+        await fetcher.close()
+        slow.close()

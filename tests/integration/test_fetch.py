@@ -394,15 +394,18 @@ def _redirect_to(origin: Origin, location: str) -> str:
 @pytest.mark.parametrize(
     ("target", "reason"),
     [
-        ("http://169.254.169.254/latest/meta-data/", "refused address 169.254.169.254 (link-local)"),
-        ("http://metadata.test/latest/meta-data/", "refused address 169.254.169.254 (link-local)"),
-        ("http://[::ffff:169.254.169.254]/", "refused address ::ffff:a9fe:a9fe (link-local)"),
-        ("http://224.0.0.1/", "refused address 224.0.0.1 (multicast)"),
+        ("http://169.254.169.254/latest/meta-data/", "refused address (link-local) for host 169.254.169.254"),
+        ("http://metadata.test/latest/meta-data/", "refused address (link-local) for host metadata.test"),
+        ("http://[::ffff:169.254.169.254]/", "refused address (link-local) for host ::ffff:a9fe:a9fe"),
+        ("http://224.0.0.1/", "refused address (multicast) for host 224.0.0.1"),
         # Linux would connect these to the local origin, so a guard failure would show as a success.
-        ("http://0.0.0.0:{port}/a.png", "refused address 0.0.0.0 (unspecified)"),
-        ("http://[::]:{port}/a.png", "refused address :: (unspecified)"),
-        ("http://2130706433:{port}/a.png", "refused address 2130706433 (not a canonical IP address)"),
-        ("http://127.1:{port}/a.png", "refused address 127.1 (not a canonical IP address)"),
+        ("http://0.0.0.0:{port}/a.png", "refused address (unspecified) for host 0.0.0.0"),
+        ("http://[::]:{port}/a.png", "refused address (unspecified) for host ::"),
+        (
+            "http://2130706433:{port}/a.png",
+            "refused address (not a canonical IP address) for host 2130706433",
+        ),
+        ("http://127.1:{port}/a.png", "refused address (not a canonical IP address) for host 127.1"),
     ],
 )
 async def test_redirect_to_a_refused_address_fails_before_connecting(
@@ -466,12 +469,12 @@ async def test_bad_urls_fail_without_a_request(origin: Origin, url: str, reason:
 @pytest.mark.parametrize(
     ("host", "reason"),
     [
-        ("127.0.0.1", "refused address 127.0.0.1 (loopback)"),
-        ("[::ffff:127.0.0.1]", "refused address ::ffff:7f00:1 (loopback)"),
-        ("[::1]", "refused address ::1 (loopback)"),
+        ("127.0.0.1", "refused address (loopback) for host 127.0.0.1"),
+        ("[::ffff:127.0.0.1]", "refused address (loopback) for host ::ffff:7f00:1"),
+        ("[::1]", "refused address (loopback) for host ::1"),
         ("localhost", "refused address"),  # system resolver: /etc/hosts, no DNS traffic
-        ("evil.test", "refused address 127.0.0.1 (loopback)"),
-        ("internal.test", "refused address 10.0.0.5 (private)"),
+        ("evil.test", "refused address (loopback) for host evil.test"),
+        ("internal.test", "refused address (private) for host internal.test"),
     ],
 )
 async def test_strict_policy_refuses_local_targets_before_any_request(
@@ -486,11 +489,20 @@ async def test_strict_policy_refuses_local_targets_before_any_request(
     assert not origin.hits
 
 
+async def test_a_refusal_names_the_class_of_address_never_the_address_a_name_resolved_to(
+    origin: Origin,
+) -> None:
+    resolver = StaticResolver({"intranet.test": ["10.20.30.40"]})
+    err = await fetch_error(f"http://intranet.test:{origin.port}/a.png", resolver, allow_private=False)
+    assert err.reason == "refused address (private) for host intranet.test"
+    assert "10.20.30.40" not in err.reason
+
+
 async def test_name_mixing_allowed_and_refused_addresses_is_refused(origin: Origin) -> None:
     origin.routes["/a.png"] = png_route()
     resolver = StaticResolver({"mixed.test": ["127.0.0.1", "169.254.169.254"]})
     err = await fetch_error(f"http://mixed.test:{origin.port}/a.png", resolver)
-    assert err.reason == "refused address 169.254.169.254 (link-local)"
+    assert err.reason == "refused address (link-local) for host mixed.test"
     assert not origin.hits
 
 
@@ -638,6 +650,23 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after("-5", now) is None
     assert parse_retry_after(None, now) is None
+    for foreign_digits in ("\u00b2", "\u0661\u0662", "\uff13"):  # superscript, Arabic-Indic, fullwidth
+        assert parse_retry_after(foreign_digits, now) is None
+
+
+async def test_a_retry_after_in_non_ascii_digits_is_ignored_not_a_crash(origin: Origin) -> None:
+    served = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal served
+        served += 1
+        if served == 1:
+            return web.Response(status=503, headers={"Retry-After": "\u00b2"})
+        return web.Response(body=PNG, content_type="image/png")
+
+    origin.routes["/busy"] = handler
+    assert await fetch(origin.url("/busy")) == PNG
+    assert served == 2
 
 
 def test_policy_from_settings() -> None:

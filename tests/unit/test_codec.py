@@ -485,6 +485,24 @@ def test_strip_jpeg_handles_progressive_restart_markers_and_trailers() -> None:
     assert out.tobytes() == decode(data).tobytes()
 
 
+def test_strip_jpeg_drops_a_jfif_thumbnail() -> None:
+    data = images.jpeg_with_metadata(256, 256, quality=10)
+    assert data[2:4] == b"\xff\xe0" and data[6:11] == b"JFIF\x00"
+    thumbnail = bytes([255, 0, 0]) * 4 + images.SECRET  # 2x2 red pixels, and what a crop would hide
+    app0 = data[6:18] + bytes((2, 2)) + thumbnail
+    with_thumbnail = data[:2] + b"\xff\xe0" + (len(app0) + 2).to_bytes(2, "big") + app0
+    with_thumbnail += data[4 + int.from_bytes(data[4:6], "big") :]
+    assert Image.open(BytesIO(with_thumbnail)).size == (256, 256)
+
+    stripped = codec.strip_jpeg(with_thumbnail)
+    assert stripped is not None and images.SECRET not in stripped
+    assert stripped[2:6] == b"\xff\xe0\x00\x10" and stripped[6:18] == data[6:18]
+    assert stripped[18:20] == b"\x00\x00"  # no thumbnail
+    assert decode(stripped).tobytes() == decode(with_thumbnail).tobytes()
+    result = compress(with_thumbnail, quality=90)  # re-encoding would grow it: the original is kept
+    assert result.kept_original and images.SECRET not in result.data
+
+
 def test_strip_jpeg_gives_up_on_what_it_does_not_understand() -> None:
     data = images.jpeg_photo()
     assert codec.strip_jpeg(data[:-2]) is None  # no end of image

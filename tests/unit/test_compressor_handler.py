@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from services.compressor import handler
 from services.compressor.fetch import FetchError
 from services.compressor.handler import Compressor
+from services.compressor.hosts import HostLimiter, origin_of
 from shared.events import ImageCompressed, ImageFailed, ImageRequested
 from shared.files import ImageMeta
-from tests.fakes import FakeFetcher, FakeImageStore, HalvingCodec, RecordingPublisher
+from shared.repository import OutcomeDoc, OutcomeStatus
+from tests.fakes import FakeFetcher, FakeImageStore, FakeRequestRepository, HalvingCodec, RecordingPublisher
 
 URL = "https://img.example.com/a.jpg"
 
 
-def requested(url: str = URL) -> ImageRequested:
-    return ImageRequested(request_id="r1", index=3, url=url, file_id="f" * 32)
+def requested(url: str = URL, duplicate_of: int | None = None) -> ImageRequested:
+    return ImageRequested(request_id="r1", index=3, url=url, file_id="f" * 32, duplicate_of=duplicate_of)
 
 
 @pytest.fixture
 def compressor() -> Compressor:
     fetcher = FakeFetcher(bodies={URL: b"x" * 100})
     return Compressor(
-        FakeImageStore(), RecordingPublisher(), fetcher, HalvingCodec(), quality=50, max_pixels=10**6
+        FakeImageStore(),
+        RecordingPublisher(),
+        fetcher,
+        HalvingCodec(),
+        quality=50,
+        max_pixels=10**6,
+        outcomes=FakeRequestRepository(),
+        hosts=HostLimiter(per_host=1, wait=0.01),
     )
 
 
@@ -56,11 +68,66 @@ async def test_a_final_fetch_failure_fails_the_image_with_its_reason(compressor:
     assert isinstance(event, ImageFailed) and event.reason == "HTTP 404 from origin"
 
 
-async def test_a_retryable_fetch_failure_is_left_to_the_bus(compressor: Compressor) -> None:
-    compressor.fetcher.errors[URL] = FetchError("timed out", retryable=True)  # type: ignore[attr-defined]
-    with pytest.raises(FetchError):
-        await compressor.compress(requested())
-    assert compressor.publisher.events == []  # type: ignore[attr-defined]
+async def test_a_fetch_that_used_up_its_attempts_is_final_not_retried_by_the_bus(
+    compressor: Compressor,
+) -> None:
+    compressor.fetcher.errors[URL] = FetchError("timed out after 3 attempts", retryable=True)  # type: ignore[attr-defined]
+    await compressor.compress(requested())  # no exception: the bus would retry it, multiplying attempts
+    (event,) = compressor.publisher.events  # type: ignore[attr-defined]
+    assert isinstance(event, ImageFailed) and event.reason == "timed out after 3 attempts"
+
+
+async def test_an_image_whose_host_is_saturated_goes_back_to_the_queue(compressor: Compressor) -> None:
+    event = requested()
+    async with compressor.hosts.slot(origin_of(URL)):  # every slot of the host is busy
+        await compressor.compress(event)
+    assert compressor.fetcher.fetched == []  # type: ignore[attr-defined]
+    assert compressor.publisher.events == [event]  # type: ignore[attr-defined]
+
+
+async def test_another_hosts_image_is_not_held_up_by_a_saturated_one(compressor: Compressor) -> None:
+    other = "https://cdn.example.org/b.jpg"
+    compressor.fetcher.bodies[other] = b"z" * 10  # type: ignore[attr-defined]
+    async with compressor.hosts.slot(origin_of(URL)):
+        await compressor.compress(requested(other))
+    (event,) = compressor.publisher.events  # type: ignore[attr-defined]
+    assert isinstance(event, ImageCompressed)
+
+
+def first_outcome(status: OutcomeStatus, **fields: object) -> OutcomeDoc:
+    return OutcomeDoc(request_id="r1", index=1, url=URL, status=status, at=datetime.now(UTC), **fields)  # type: ignore[typeddict-item]
+
+
+async def test_a_repeated_url_copies_its_first_occurrences_failure_without_fetching(
+    compressor: Compressor,
+) -> None:
+    outcomes: FakeRequestRepository = compressor.outcomes  # type: ignore[assignment]
+    outcomes.outcomes[("r1", 1)] = first_outcome(OutcomeStatus.FAILED, reason="HTTP 404 from origin")
+    await compressor.compress(requested(duplicate_of=1))
+    assert compressor.fetcher.fetched == []  # type: ignore[attr-defined]
+    (event,) = compressor.publisher.events  # type: ignore[attr-defined]
+    assert isinstance(event, ImageFailed) and (event.index, event.reason) == (3, "HTTP 404 from origin")
+
+
+async def test_a_repeated_url_reports_the_shared_output_its_first_occurrence_stored(
+    compressor: Compressor,
+) -> None:
+    meta = ImageMeta(contentType="image/jpeg", request_id="r1", index=1, input_bytes=100, kept_original=False)
+    await compressor.images.put("f" * 32, b"y" * 50, filename="a.jpg", meta=meta)
+    await compressor.compress(requested(duplicate_of=1))
+    assert compressor.fetcher.fetched == []  # type: ignore[attr-defined]
+    (event,) = compressor.publisher.events  # type: ignore[attr-defined]
+    assert isinstance(event, ImageCompressed) and (event.index, event.output_bytes) == (3, 50)
+
+
+async def test_a_repeated_url_waits_for_its_first_occurrence(
+    compressor: Compressor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handler, "DEFER_WAIT_S", 0.0)
+    event = requested(duplicate_of=1)
+    await compressor.compress(event)
+    assert compressor.fetcher.fetched == []  # type: ignore[attr-defined]
+    assert compressor.publisher.events == [event]  # type: ignore[attr-defined]
 
 
 async def test_an_image_the_codec_refuses_fails_and_nothing_is_stored(compressor: Compressor) -> None:

@@ -519,3 +519,30 @@ def test_misuse_is_a_programming_error() -> None:
         list(reader.chunks(10))
     with pytest.raises(ValueError):
         list(CsvReader(io.BytesIO(b""), LIMITS).chunks(0))
+
+
+def test_nul_bytes_after_the_first_kib_are_refused_as_binary() -> None:
+    rows = "".join(f"{n},SKU{n},https://a.example/{n}.jpg\n" for n in range(1, 200))
+    data = (HEADER + rows).encode() + b"200,SKU\x00200,https://a.example/200.jpg\n"
+    assert len(HEADER + rows) > 2 * 1024  # past what the first-KiB sniff sees
+    (problem,) = rejected(data, 415)
+    assert problem.row == 201 and "NUL byte" in problem.reason
+
+
+def test_a_row_larger_than_the_row_limit_is_refused_naming_the_limit() -> None:
+    limits = CsvLimits(
+        max_bytes=10**7,
+        max_rows=10,
+        max_urls_per_row=5,
+        max_images=10,
+        max_url_length=200,
+        max_row_bytes=65536,
+    )
+    notes = ",".join(["x" * 60_000, "y" * 60_000])
+    data = f"S. No.,Product Name,Input Image Urls,A,B\n1,P,https://a.example/1.jpg,{notes}\n"
+    (problem,) = rejected(data, 413, limits)
+    assert problem.row == 2 and "a row may hold at most 65536" in problem.reason
+    # Non-ASCII text is measured in bytes, as it is stored.
+    wide = "é" * 20_000  # 20,000 characters, 40,000 bytes
+    data = f"S. No.,Product Name,Input Image Urls,A,B\n1,P,https://a.example/1.jpg,{wide},{wide}\n"
+    rejected(data, 413, limits)

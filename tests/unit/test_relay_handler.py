@@ -1,4 +1,5 @@
-"""The outbox relay with fakes: every image published once, in order, resuming where it stopped."""
+"""The outbox relay with fakes: every image published once, in order, metered per request, resuming where
+it stopped."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import timedelta
 from services.upload.relay import OutboxRelay
 from shared.events import ImageRequested
 from shared.files import output_file_id
-from shared.repository import RowDoc, Upload
+from shared.repository import OutcomeDoc, RowDoc, Upload
 from tests.fakes import FakeRequestRepository, RecordingPublisher
 
 
@@ -32,36 +33,112 @@ def published(publisher: RecordingPublisher) -> list[tuple[str, int, str]]:
     return [(e.request_id, e.index, e.url) for e in publisher.events if isinstance(e, ImageRequested)]
 
 
+async def finish_images(repo: FakeRequestRepository, request_id: str, indexes: range) -> None:
+    """What the status service does as outcomes come in: it counts them on the request."""
+    outcomes = [OutcomeDoc(request_id=request_id, index=i, url="", status="FAILED", at=None) for i in indexes]  # type: ignore[typeddict-item]
+    await repo.record_outcomes(request_id, outcomes)
+
+
 async def test_every_image_is_published_in_order_with_its_output_id() -> None:
     repo, publisher = FakeRequestRepository(), RecordingPublisher()
     await accepted(repo, "r1", [[["a", "b"], ["c"]], [["d"]]])
     relay = OutboxRelay(repo, publisher)
-    assert await relay.publish_next() is True
-    assert await relay.publish_next() is False
+    assert await relay.pass_once() == 4
+    assert await relay.pass_once() == 0
     assert published(publisher) == [("r1", 0, "a"), ("r1", 1, "b"), ("r1", 2, "c"), ("r1", 3, "d")]
     assert all(e.file_id == output_file_id("r1", e.index) for e in publisher.events)  # type: ignore[attr-defined]
-    assert "outbox_pending" not in repo.requests["r1"] and repo.requests["r1"]["published_chunks"] == 2
+    assert "outbox_pending" not in repo.requests["r1"]
+    assert (repo.requests["r1"]["published_images"], repo.requests["r1"]["published_chunks"]) == (4, 2)
 
 
-async def test_publishing_resumes_after_the_last_recorded_chunk() -> None:
+async def test_a_request_is_metered_into_the_queue_a_window_at_a_time() -> None:
     repo, publisher = FakeRequestRepository(), RecordingPublisher()
-    await accepted(repo, "r1", [[["a"]], [["b"]]])
-    repo.requests["r1"]["published_chunks"] = 1  # a relay died after the first chunk
-    await OutboxRelay(repo, publisher).publish_next()
-    assert published(publisher) == [("r1", 1, "b")]
+    await accepted(repo, "big", [[[f"u{i}"] for i in range(5)], [[f"v{i}"] for i in range(5)]])
+    relay = OutboxRelay(repo, publisher, window=4)
+
+    assert await relay.pass_once() == 4
+    assert await relay.pass_once() == 0, "the window is full until outcomes are counted"
+    await finish_images(repo, "big", range(3))
+    assert await relay.pass_once() == 3
+    assert [i for _, i, _ in published(publisher)] == list(range(7))
+    await finish_images(repo, "big", range(3, 10))
+    assert await relay.pass_once() == 3
+    assert [i for _, i, _ in published(publisher)] == list(range(10))
+    assert "outbox_pending" not in repo.requests["big"]
+
+
+async def test_a_small_request_is_not_queued_behind_a_large_one() -> None:
+    repo, publisher = FakeRequestRepository(), RecordingPublisher()
+    await accepted(repo, "a-large", [[[f"u{i}"] for i in range(500)]])
+    await accepted(repo, "b-small", [[["s0", "s1", "s2"]]])
+    relay = OutboxRelay(repo, publisher, window=8)
+
+    await relay.pass_once()
+    assert [(r, i) for r, i, _ in published(publisher)] == [
+        *(("a-large", i) for i in range(8)),
+        *(("b-small", i) for i in range(3)),
+    ]
+
+
+async def test_publishing_resumes_after_the_last_recorded_image() -> None:
+    repo, publisher = FakeRequestRepository(), RecordingPublisher()
+    await accepted(repo, "r1", [[["a", "b", "c"]], [["d"]]])
+    repo.requests["r1"]["published_images"] = 2  # a relay died after confirming two images
+    await OutboxRelay(repo, publisher).pass_once()
+    assert published(publisher) == [("r1", 2, "c"), ("r1", 3, "d")]
+
+
+async def test_a_request_half_published_before_metering_resumes_from_its_chunk() -> None:
+    repo, publisher = FakeRequestRepository(), RecordingPublisher()
+    await accepted(repo, "r1", [[["a"], ["b"]], [["c"]]])
+    del repo.requests["r1"]["published_images"]
+    repo.requests["r1"]["published_chunks"] = 1  # the old relay recorded whole chunks only
+    await OutboxRelay(repo, publisher).pass_once()
+    assert published(publisher) == [("r1", 2, "c")]
 
 
 async def test_a_request_leased_by_another_relay_is_left_alone() -> None:
     repo, publisher = FakeRequestRepository(), RecordingPublisher()
     await accepted(repo, "r1", [[["a"]]])
     assert await repo.claim_outbox("r1", "other-relay", timedelta(minutes=1)) is not None
-    assert await OutboxRelay(repo, publisher).publish_next() is False
+    assert await OutboxRelay(repo, publisher).pass_once() == 0
     assert publisher.events == []
+
+
+async def test_a_relay_whose_lease_was_taken_over_records_nothing() -> None:
+    repo = FakeRequestRepository()
+    await accepted(repo, "r1", [[["a", "b", "c", "d"]]])
+
+    class TakenOverMidway(RecordingPublisher):
+        async def publish_many(self, events):  # type: ignore[no-untyped-def]
+            await super().publish_many(events)
+            repo.leases["r1"] = ("other-relay", repo.leases["r1"][1])  # its lease expired meanwhile
+
+    slow = OutboxRelay(repo, TakenOverMidway(), window=2)
+    assert await slow.pass_once() == 2
+    assert repo.requests["r1"]["published_images"] == 0, "a stale holder must not move the position"
+    repo.leases.clear()  # the new holder's lease runs out in turn
+    publisher = RecordingPublisher()
+    await OutboxRelay(repo, publisher, window=2).pass_once()
+    assert [i for _, i, _ in published(publisher)] == [0, 1], "the new holder starts from what was recorded"
 
 
 async def test_a_request_without_rows_is_dropped() -> None:
     repo, publisher = FakeRequestRepository(), RecordingPublisher()
     await accepted(repo, "r1", [[["a"]]])
     repo.chunks.clear()
-    await OutboxRelay(repo, publisher).publish_next()
+    await OutboxRelay(repo, publisher).pass_once()
     assert publisher.events == [] and "outbox_pending" not in repo.requests["r1"]
+
+
+async def test_every_occurrence_of_a_repeated_url_shares_the_first_ones_output() -> None:
+    repo, publisher = FakeRequestRepository(), RecordingPublisher()
+    await accepted(repo, "r1", [[["a", "b"], ["a"]]])
+    repo.chunks[("r1", 0)]["rows"][1]["duplicate_of"] = [0]
+    await OutboxRelay(repo, publisher).pass_once()
+    events = [e for e in publisher.events if isinstance(e, ImageRequested)]
+    assert [(e.index, e.duplicate_of, e.file_id) for e in events] == [
+        (0, None, output_file_id("r1", 0)),
+        (1, None, output_file_id("r1", 1)),
+        (2, 0, output_file_id("r1", 0)),
+    ]

@@ -90,6 +90,8 @@ def test_verify_accepts_one_valid_signature_among_several() -> None:
         {"webhook-signature": ""},
         {"webhook-timestamp": "soon"},
         {"webhook-timestamp": "\u00b2"},  # a digit to str.isdigit, not to int()
+        {"webhook-timestamp": "9" * 5000},  # int() refuses strings of more than 4300 digits
+        {"webhook-timestamp": "\u0661\u0662\u0663"},  # Arabic-Indic digits
         {"webhook-timestamp": ""},
         {"webhook-id": ""},
     ],

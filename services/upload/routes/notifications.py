@@ -43,8 +43,8 @@ router = APIRouter(tags=["notifications"])
 async def webhook_completed(request: Request, gateway: GatewayDep) -> dict[str, Any]:
     """`request_id` as JSON, a form field or a query parameter. With keys on, an API key or a valid
     Standard Webhooks signature (then the id is taken from the signed JSON body only)."""
-    raw = await request.body()
-    signed = await _authorise(request, raw, gateway)
+    signed = await _authorise(request, gateway)  # before the body is read, unless a signature needs it
+    raw = await request.body()  # at most a few KiB (middleware.BodySizeLimit)
     request_id = await _request_id_from(request, raw, signed_body_only=signed)
     found = await gateway.request_or_404(request_id, notifications=False)
     if found["status"] != RequestStatus.COMPLETED:
@@ -63,7 +63,7 @@ async def webhook_completed(request: Request, gateway: GatewayDep) -> dict[str, 
     return {"request_id": request_id, "notification": "queued"}
 
 
-async def _authorise(request: Request, raw: bytes, gateway: GatewayDep) -> bool:
+async def _authorise(request: Request, gateway: GatewayDep) -> bool:
     """With auth on, either an API key or a valid Standard Webhooks signature will do.
 
     True when the signature is what authorised the call."""
@@ -72,7 +72,7 @@ async def _authorise(request: Request, raw: bytes, gateway: GatewayDep) -> bool:
         return False
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     if secret and "webhook-signature" in request.headers:
-        if verify(secret, dict(request.headers), raw):
+        if verify(secret, dict(request.headers), await request.body()):
             return True
         raise ApiError(401, "invalid webhook signature")
     await require_api_key(request, gateway)

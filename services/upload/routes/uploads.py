@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from services.upload.csv_input import CsvRejected
 from services.upload.deps import ApiKey, GatewayDep
 from services.upload.errors import ApiError, problem
-from services.upload.intake import form_problems, store_request
+from services.upload.intake import ascii_address, form_problems, store_request
 from services.upload.openapi import UploadAccepted, UploadForm, errors, multipart_body
 from shared.mongo import StorageError
 from shared.repository import new_request_id
@@ -46,6 +46,7 @@ async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
         UPLOADS.labels("rejected").inc()
         raise ApiError(422 if file is not None else 400, "invalid form fields", problems)
     assert isinstance(file, UploadFile)
+    email = ascii_address(email)  # valid: form_problems checked it
     if file.size is not None and file.size > settings.max_csv_bytes:
         raise ApiError(
             413,
