@@ -166,6 +166,8 @@ class Mongo:
             # Delivery bookkeeping: sparse flags, present only while there is something left to publish.
             await self.requests.create_index("outbox_pending", sparse=True)
             await self.requests.create_index("completion_pending", sparse=True)
+            # Uploads not yet accepted (RECEIVING), looked for by the gateway's janitor.
+            await self.requests.create_index("status")
 
     async def ping(self) -> bool:
         """For readiness probes: answers within a second, whatever the database does."""

@@ -7,6 +7,7 @@ import os
 
 from services.compressor.fetch import FetchPolicy, SafeFetcher
 from services.compressor.handler import ROUTES, CodecPool, Compressor
+from services.compressor.wanted import WantedRequests
 from shared.bus import bind
 from shared.runtime import Runtime, run_service
 
@@ -20,7 +21,8 @@ async def start(rt: Runtime) -> None:
     codec = CodecPool(s.codec_workers)
     await codec.warm_up()
     fetcher = SafeFetcher(FetchPolicy.from_settings(s))
-    compressor = Compressor(rt.images, rt.bus, fetcher, codec, s.quality, s.max_pixels)
+    wanted = WantedRequests(rt.repo)
+    compressor = Compressor(rt.images, rt.bus, fetcher, codec, s.quality, s.max_pixels, wanted)
 
     async def close() -> None:
         await fetcher.close()

@@ -14,6 +14,7 @@ from prometheus_client import Counter, Histogram
 
 from services.compressor.codec import CompressedImage, ImageRejected, compress
 from services.compressor.fetch import FetchError
+from services.compressor.wanted import WantedRequests
 from shared.bus import HandlerMethods, Publisher
 from shared.events import Event, ImageCompressed, ImageFailed, ImageRequested
 from shared.files import ImageMeta, ImageStore
@@ -74,8 +75,13 @@ class Compressor:
     codec: Codec
     quality: int
     max_pixels: int
+    wanted: WantedRequests | None = None  # asked before any work; None: every request is wanted
 
     async def compress(self, event: ImageRequested) -> None:
+        if self.wanted is not None and (unwanted := await self.wanted.unwanted(event.request_id)):
+            IMAGES.labels("dropped").inc()
+            log.info("image_dropped", index=event.index, reason=unwanted)
+            return
         # A redelivery of work already stored: report it again rather than redo it.
         stored = await self.images.info(event.file_id)
         if stored is not None:

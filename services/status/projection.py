@@ -15,13 +15,14 @@ is acknowledged only after the batch holding its outcome has been recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from shared.bus import HandlerMethods, Publisher
-from shared.events import ImageCompressed, ImageFailed, RequestCompleted
-from shared.repository import OutcomeDoc, OutcomeStatus, RequestRepository
+from shared.events import Event, ImageCompressed, ImageFailed, RequestCompleted
+from shared.repository import OutcomeDoc, OutcomeStatus, RequestRepository, UnknownRequest
 
 log = structlog.get_logger()
 
@@ -70,6 +71,25 @@ class StatusProjection:
                         done.set_result(None)
         finally:
             self._recording.discard(request_id)
+
+    async def on_parked(self, event: Event, reason: str) -> None:
+        """An outcome given up on still counts, or its request would never complete: the image is recorded
+        FAILED with the reason (if it has no outcome yet). A request that does not exist has nothing to
+        complete."""
+        if not isinstance(event, Outcome):
+            return
+        why = event.reason if isinstance(event, ImageFailed) else "compressed, but its outcome was lost"
+        failed = ImageFailed(
+            request_id=event.request_id, index=event.index, url=event.url, reason=f"{why} ({reason})"[:500]
+        )
+        try:
+            completed = await self.repo.record_outcomes(event.request_id, [_outcome(failed)])
+        except UnknownRequest:
+            log.warning("outcome_of_unknown_request_dropped", index=event.index)
+            return
+        if completed:
+            with contextlib.suppress(Exception):  # recorded as pending: the sweeper publishes it
+                await self.publish_completion(event.request_id)
 
     async def publish_completion(self, request_id: str) -> None:
         request = await self.repo.completion_to_publish(request_id)

@@ -1,23 +1,39 @@
 """Accepting an upload: check the form, then validate the CSV while storing it, request document last.
 
 Nothing is visible (or published) unless the whole file is valid and stored: the rows are written as they
-are validated, and the request document, which the outbox relay and the status endpoint look for, comes
-only at the end. A rejected file's rows are deleted.
+are validated, then the request document (RECEIVING: invisible, unpublished), and accepting it is the one
+final step. A rejected file's rows are deleted.
+
+An upload's outcome is certain before the client hears it. A write reported as failed may still have
+landed, so after any storage failure `settle_failed_upload` finds out: accepted after all (202), or
+removed in a way no late write can undo (503). Only if the database stays silent for SETTLE_WITHIN_S is
+the answer "not known yet"; the janitor then settles it (as not accepted, unless the accept had landed)
+within ABANDONED_AFTER.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from email_validator import EmailNotValidError, validate_email
 from starlette.datastructures import UploadFile
 
 from services.upload.csv_input import CsvLimits, CsvReader
 from services.upload.errors import problem
+from shared.mongo import StorageError, StorageUnavailable
 from shared.netguard import BlockedAddressError, check_host_literal
 from shared.repository import ROWS_PER_CHUNK, RequestDoc, RequestRepository, RowDoc, Upload
+from shared.retry import backoff_delay
+
+log = structlog.get_logger()
+
+SETTLE_WITHIN_S = 20.0  # how long a failed upload waits for the database to say what became of it
+ABANDONED_AFTER = timedelta(minutes=10)  # a request still RECEIVING this long is settled by the janitor
+JANITOR_INTERVAL_S = 60.0
 
 
 def form_problems(
@@ -89,4 +105,40 @@ async def store_request(
         total_images=images,
         row_chunks=chunk_no,
     )
-    return await repo.create_request(request_id, upload)
+    await repo.create_request(request_id, upload)
+    accepted = await repo.accept_request(request_id)
+    if accepted is None:
+        raise StorageError("the upload was settled as not accepted before it could be accepted")
+    return accepted
+
+
+async def settle_failed_upload(repo: RequestRepository, request_id: str) -> RequestDoc | None:
+    """After a storage failure while storing an upload: the request if it was accepted after all, None if
+    it certainly was not (and never will be). Raises StorageUnavailable if the database does not say
+    within SETTLE_WITHIN_S."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_WITHIN_S
+    failures = 0
+    while True:
+        try:
+            if await repo.settle_upload(request_id):
+                return await repo.get(request_id, notifications=False)
+            return None
+        except StorageUnavailable:
+            delay = backoff_delay(failures, base=0.25, max_delay=2.0)
+            if loop.time() + delay > deadline:
+                raise
+            failures += 1
+            await asyncio.sleep(delay)
+
+
+async def settle_abandoned_uploads_forever(repo: RequestRepository) -> None:
+    """The janitor: uploads left RECEIVING (their gateway died, or lost the database while settling)."""
+    while True:
+        try:
+            async for request_id in repo.abandoned_uploads(ABANDONED_AFTER):
+                accepted = await repo.settle_upload(request_id)
+                log.warning("abandoned_upload_settled", request_id=request_id, accepted=accepted)
+        except StorageError as exc:  # an outage: next round
+            log.warning("abandoned_uploads_unsettled", error=str(exc)[:200])
+        await asyncio.sleep(JANITOR_INTERVAL_S)

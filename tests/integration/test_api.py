@@ -9,8 +9,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from services.upload import intake
 from services.upload.app import create_app
-from shared.mongo import Mongo
+from shared.mongo import Mongo, StorageUnavailable
+from shared.repository import MongoRequestRepository, RequestDoc
 from shared.settings import Settings
 from shared.webhooks import signed_headers
 
@@ -237,3 +239,62 @@ async def test_an_empty_configured_key_never_authenticates(settings: Settings, m
     s = settings.model_copy(update={"api_keys": [SecretStr("")]})
     async for api in client_for(s):
         assert (await api.get("/status/" + "x" * 22)).status_code == 401
+
+
+async def api_with_faulty_accept(
+    settings: Settings, lands: bool, settles: bool = True
+) -> AsyncIterator[tuple[httpx.AsyncClient, MongoRequestRepository]]:
+    """The API, whose accept step fails: after its write landed (the reply was lost) or before."""
+    app = create_app(settings)
+    repo: MongoRequestRepository = app.state.gateway.runtime.repo
+    accept, settle = repo.accept_request, repo.settle_upload
+
+    async def faulty_accept(request_id: str) -> RequestDoc | None:
+        if lands:
+            await accept(request_id)
+        raise StorageUnavailable("NetworkTimeout: no reply")
+
+    async def silent_settle(request_id: str) -> bool:
+        raise StorageUnavailable("ServerSelectionTimeoutError: no server")
+
+    repo.accept_request = faulty_accept  # type: ignore[method-assign]
+    repo.settle_upload = settle if settles else silent_settle  # type: ignore[method-assign]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client, repo
+
+
+async def test_an_upload_whose_accept_landed_but_lost_its_reply_is_accepted(
+    settings: Settings, mongo: Mongo
+) -> None:
+    async for api, _ in api_with_faulty_accept(settings, lands=True):
+        response = await post_csv(api, GOOD_CSV)
+        assert response.status_code == 202, response.text
+        status = await api.get(f"/status/{response.json()['request_id']}")
+        assert status.status_code == 200 and status.json()["status"] == "PENDING"
+
+
+async def test_an_upload_whose_accept_failed_is_refused_for_certain(settings: Settings, mongo: Mongo) -> None:
+    async for api, repo in api_with_faulty_accept(settings, lands=False):
+        response = await post_csv(api, GOOD_CSV)
+        assert response.status_code == 503 and "nothing was accepted" in response.text
+        (request_id,) = [doc["_id"] async for doc in mongo.rows.find({}, projection={"request_id": 1})] or [
+            None
+        ]
+        assert request_id is None, "its rows are removed"
+        assert await mongo.requests.count_documents({}) == 0
+        assert [r async for r in repo.outbox_pending()] == []
+
+
+async def test_an_upload_the_database_will_not_settle_says_its_outcome_is_not_known(
+    settings: Settings, mongo: Mongo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(intake, "SETTLE_WITHIN_S", 0.5)
+    async for api, _ in api_with_faulty_accept(settings, lands=False, settles=False):
+        response = await post_csv(api, GOOD_CSV)
+        assert response.status_code == 503
+        (doc,) = [d async for d in mongo.requests.find({})]
+        assert doc["status"] == "RECEIVING", "invisible: never published, 404 on status"
+        assert doc["_id"] in response.json()["error"] and "did not confirm" in response.json()["error"]
+        assert (await api.get(f"/status/{doc['_id']}")).status_code == 404

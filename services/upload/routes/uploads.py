@@ -11,13 +11,21 @@ from starlette.datastructures import UploadFile
 from services.upload.csv_input import CsvRejected
 from services.upload.deps import ApiKey, GatewayDep
 from services.upload.errors import ApiError, problem
-from services.upload.intake import form_problems, store_request
+from services.upload.intake import (
+    ABANDONED_AFTER,
+    JANITOR_INTERVAL_S,
+    form_problems,
+    settle_failed_upload,
+    store_request,
+)
 from shared.mongo import StorageError
-from shared.repository import new_request_id
+from shared.repository import RequestDoc, RequestRepository, new_request_id
 
 log = structlog.get_logger()
 router = APIRouter()
 
+# The janitor (intake.py) settles an upload left RECEIVING within this long.
+SETTLED_WITHIN_MIN = int((ABANDONED_AFTER.total_seconds() + JANITOR_INTERVAL_S) // 60) + 1
 UPLOADS = Counter("imagepipe_upload_requests_total", "Upload attempts, by outcome", ["outcome"])
 
 
@@ -53,10 +61,8 @@ async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
         problems = [p.to_dict() for p in exc.problems]
         raise ApiError(exc.status_code, f"{exc}; nothing was queued", problems) from None
     except StorageError as exc:
-        UPLOADS.labels("unavailable").inc()
         log.error("upload_storage_failed", error=str(exc)[:200])
-        await repo.discard(request_id)
-        raise ApiError(503, "storage is unavailable; nothing was accepted, try again shortly") from None
+        accepted = await _settled(repo, request_id)
     gateway.relay.kick()
     UPLOADS.labels("accepted").inc()
     log.info("upload_accepted", products=accepted["total_products"], images=accepted["total_images"])
@@ -72,6 +78,26 @@ async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
         },
         status_code=202,
     )
+
+
+async def _settled(repo: RequestRepository, request_id: str) -> RequestDoc:
+    """The request, if the failed upload was accepted after all; otherwise answers 503, saying whether
+    that is certain (nothing accepted) or not known yet (the database did not answer)."""
+    try:
+        accepted = await settle_failed_upload(repo, request_id)
+    except StorageError:
+        UPLOADS.labels("unknown").inc()
+        raise ApiError(
+            503,
+            f"storage is unavailable and did not confirm whether request {request_id} was accepted: "
+            f"GET /status/{request_id} says within {SETTLED_WITHIN_MIN} minutes "
+            "(404: it was not) before you upload it again",
+        ) from None
+    if accepted is None:
+        UPLOADS.labels("unavailable").inc()
+        raise ApiError(503, "storage is unavailable; nothing was accepted, try again shortly")
+    log.warning("upload_accepted_after_storage_failure")
+    return accepted
 
 
 def _text(value: object) -> str:
