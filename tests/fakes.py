@@ -33,6 +33,18 @@ from shared.repository import (
 )
 
 
+def an_upload(total_images: int = 1, webhook_url: str | None = None) -> Upload:
+    """What an upload of one product brings, for tests that store a request without a CSV."""
+    return Upload(
+        email="buyer@example.com",
+        webhook_url=webhook_url,
+        columns=["S. No.", "Product Name", "Input Image Urls"],
+        total_products=1,
+        total_images=total_images,
+        row_chunks=1,
+    )
+
+
 class RecordingPublisher:
     """Stands in for the EventBus: records what would have been published, in order."""
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
+import aio_pika
 import httpx
 import pytest
 from pydantic import SecretStr
 
 from services.upload import intake
 from services.upload.app import create_app
+from shared.events import NotificationRequested
 from shared.mongo import Mongo, StorageUnavailable
-from shared.repository import MongoRequestRepository, RequestDoc
+from shared.repository import MongoRequestRepository, OutcomeDoc, OutcomeStatus, RequestDoc, RowDoc
 from shared.settings import Settings
 from shared.webhooks import signed_headers
+from tests.fakes import an_upload
 
 GOOD_CSV = 'S. No.,Product Name,Input Image Urls\n1,SKU1,"https://img.example.com/a.jpg, https://img.example.com/b.jpg"\n'
 
@@ -298,3 +302,31 @@ async def test_an_upload_the_database_will_not_settle_says_its_outcome_is_not_kn
         assert doc["status"] == "RECEIVING", "invisible: never published, 404 on status"
         assert doc["_id"] in response.json()["error"] and "did not confirm" in response.json()["error"]
         assert (await api.get(f"/status/{doc['_id']}")).status_code == 404
+
+
+async def test_a_re_send_no_queue_takes_answers_503_and_can_be_retried_at_once(
+    api: httpx.AsyncClient, settings: Settings, mongo: Mongo
+) -> None:
+    repo = MongoRequestRepository(mongo)
+    await repo.add_rows("r" * 22, 0, 0, [RowDoc(serial="1", name="A", urls=["http://o/a"], cells=[])])
+    await repo.create_request("r" * 22, an_upload())
+    await repo.accept_request("r" * 22)
+    outcome = OutcomeDoc(
+        request_id="r" * 22, index=0, url="http://o/a", status=OutcomeStatus.FAILED, at=datetime.now(UTC)
+    )
+    assert await repo.record_outcomes("r" * 22, [outcome])  # COMPLETED
+
+    # No notifier has declared its queue under this prefix: the broker returns the NotificationRequested.
+    for _ in range(2):  # not a 429: the re-send was never queued, so its claim was given back
+        response = await api.post(f"/webhook-completed?request_id={'r' * 22}")
+        assert response.status_code == 503, response.text
+
+    exchange = f"{settings.bus_prefix}.events"
+    async with await aio_pika.connect(settings.amqp_url) as connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{settings.bus_prefix}.spy.renotify", exclusive=True)
+        await queue.bind(exchange, routing_key=NotificationRequested.routing_key)
+        response = await api.post(f"/webhook-completed?request_id={'r' * 22}")
+        assert response.status_code == 202, response.text
+        message = await queue.get(timeout=5)
+        assert NotificationRequested.model_validate_json(message.body).request_id == "r" * 22

@@ -6,16 +6,10 @@ import asyncio
 from datetime import timedelta
 
 from shared.mongo import Mongo
-from shared.repository import Claim, MongoRequestRepository, RequestStatus, RowDoc, Upload
+from shared.repository import Claim, MongoRequestRepository, RequestStatus, RowDoc
+from tests.fakes import an_upload
 
-UPLOAD = Upload(
-    email="a@example.com",
-    webhook_url=None,
-    columns=["S. No.", "Product Name", "Input Image Urls"],
-    total_products=1,
-    total_images=1,
-    row_chunks=1,
-)
+UPLOAD = an_upload()
 ROW = RowDoc(serial="1", name="A", urls=["http://o/a.jpg"], cells=["1", "A", "http://o/a.jpg"])
 
 
