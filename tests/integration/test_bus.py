@@ -8,7 +8,7 @@ import itertools
 import aio_pika
 import pytest
 
-from shared.bus import DELIVERY_LIMIT, BrokerUnavailable, EventBus
+from shared.bus import CRASH_LIMIT, DELIVERY_LIMIT, BrokerUnavailable, EventBus
 from shared.events import Event, ImageFailed, ImageRequested, RequestCompleted
 from shared.mongo import StorageUnavailable
 from shared.settings import Settings
@@ -158,30 +158,62 @@ async def test_a_parked_message_whose_outcome_cannot_be_recorded_yet_is_settled_
     assert all("gave up after 3 attempts" in reason for reason in settled)
 
 
+async def given_back(bus: EventBus, settings: Settings, event: Event, times: int | None) -> int:
+    """Publish `event` to the notifier's queue and have a raw consumer give it back `times` times (None:
+    until the broker's delivery limit dead-letters it), as a consumer that dies with it each time would."""
+    first = EventBus(settings)  # declares the topology, then leaves the queue to the raw consumer
+    await first.connect()
+    await first.subscribe("notifier", {type(event): ignore}, prefetch=1)
+    await first.close()
+    await bus.publish(event)
+    returned = 0
+    async with await aio_pika.connect(settings.amqp_url) as connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(bus.topology.queue("notifier"))
+        while times is None or returned < times:
+            message = await queue.get(no_ack=False, fail=False, timeout=5)
+            if message is None:
+                break
+            await message.nack(requeue=True)
+            returned += 1
+    return returned
+
+
+async def ignore(event: Event) -> None:
+    pass
+
+
+async def test_a_message_that_keeps_killing_its_consumer_is_settled_without_running_it_again(
+    bus: EventBus, settings: Settings
+) -> None:
+    handled: list[Event] = []
+    parked: list[str] = []
+
+    async def handler(event: Event) -> None:
+        handled.append(event)
+
+    async def on_parked(event: Event, reason: str) -> None:
+        parked.append(reason)
+
+    completed = RequestCompleted(request_id="r1", total_images=1, compressed=1, failed=0)
+    assert await given_back(bus, settings, completed, CRASH_LIMIT) == CRASH_LIMIT
+    await bus.subscribe("notifier", {RequestCompleted: handler}, prefetch=1, on_parked=on_parked)
+    await eventually(lambda: parked, timeout=10)
+    assert "consumer crashes" in parked[0] and handled == []
+    assert await eventually(lambda: queue_depth(settings, bus.topology.parking_lot("notifier"))) == 1
+
+
 async def test_what_the_broker_dead_letters_is_settled_like_the_rest(
     bus: EventBus, settings: Settings
 ) -> None:
-    # A first consumer declares the topology, then leaves the queue to a raw one that gives the message
-    # back every time: the broker's delivery limit dead-letters it, bypassing the bus's own handling.
-    first = EventBus(settings)
-    await first.connect()
+    # The broker's delivery limit dead-letters it, bypassing the bus's own handling.
     handled: list[Event] = []
 
     async def handler(event: Event) -> None:
         handled.append(event)
 
-    await first.subscribe("notifier", {RequestCompleted: handler}, prefetch=1)
-    await first.close()
     completed = RequestCompleted(request_id="r1", total_images=1, compressed=1, failed=0)
-    await bus.publish(completed)
-    returned = 0
-    async with await aio_pika.connect(settings.amqp_url) as connection:
-        channel = await connection.channel()
-        queue = await channel.get_queue(bus.topology.queue("notifier"))
-        while (message := await queue.get(no_ack=False, fail=False, timeout=5)) is not None:
-            await message.nack(requeue=True)
-            returned += 1
-    assert returned == DELIVERY_LIMIT + 1
+    assert await given_back(bus, settings, completed, None) == DELIVERY_LIMIT + 1
 
     parked: list[tuple[Event, str]] = []
 
