@@ -83,7 +83,8 @@ async def store_request(
     email: str,
     webhook_url: str | None,
 ) -> RequestDoc:
-    """Raises CsvRejected (invalid file) or StorageError (storage down); the caller then discards it."""
+    """Raises CsvRejected (invalid file: the caller discards its rows) or StorageError (the caller settles
+    it: `settle_failed_upload`)."""
     reader = CsvReader(file.file, limits)
     chunks = reader.chunks(ROWS_PER_CHUNK)
     chunk_no = images = products = 0
