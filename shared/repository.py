@@ -191,7 +191,7 @@ class RequestRepository(Protocol):
         ...
 
     async def discard(self, request_id: str) -> None:
-        """Remove the rows of a rejected upload, best effort (never raises)."""
+        """Remove what a rejected or failed upload stored before it was accepted (never raises)."""
 
     # --- reads ----------------------------------------------------------------------------------------
     async def get(self, request_id: str, *, notifications: bool = True) -> RequestDoc | None: ...
@@ -318,11 +318,12 @@ class MongoRequestRepository:
                 yield doc["_id"]
 
     async def discard(self, request_id: str) -> None:
-        # Rows a rejected upload stored (no request document was created for it).
+        # Never accepted, so only ever RECEIVING: whatever is left behind is invisible, and the janitor's.
         try:
             with pymongo.timeout(2.0):
+                await self.mongo.requests.delete_one({"_id": request_id, "status": RequestStatus.RECEIVING})
                 await self.mongo.rows.delete_many({"request_id": request_id})
-        except Exception:  # best effort: the caller is already reporting a failure; rows alone are invisible
+        except Exception:  # best effort: the caller is already reporting a failure
             return
 
     # --- reads ----------------------------------------------------------------------------------------

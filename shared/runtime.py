@@ -98,6 +98,8 @@ async def retry_until_done(what: str, action: Callable[[], Awaitable[None]], sto
         stop.cancel()
         if not attempt.done():  # stopped mid-attempt (a connect can take seconds to time out)
             attempt.cancel()
+            # It may still end in an error (the client closed under it): that is expected, not news.
+            attempt.add_done_callback(lambda done: done.cancelled() or done.exception())
             return False
         if attempt.exception() is None:
             return True

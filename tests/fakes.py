@@ -100,7 +100,6 @@ class FakeRequestRepository:
         request = self.requests.get(request_id)
         if request is not None and request["status"] != RequestStatus.RECEIVING:
             return True
-        self.requests.pop(request_id, None)
         await self.discard(request_id)
         return False
 
@@ -111,6 +110,8 @@ class FakeRequestRepository:
                 yield request_id
 
     async def discard(self, request_id: str) -> None:
+        if request_id in self.requests and self.requests[request_id]["status"] == RequestStatus.RECEIVING:
+            del self.requests[request_id]
         for key in [k for k in self.chunks if k[0] == request_id]:
             del self.chunks[key]
 

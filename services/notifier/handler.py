@@ -3,7 +3,7 @@
 Each notification is keyed by the id of the event that asked for it, and each of its channels is claimed
 (a conditional update) before it is sent: of any number of copies of one event running at once, one
 sends and the others wait (`ClaimHeld`: the bus retries them) until it has a result, which they then find
-and skip. A claim lapses after CLAIM_LEASE, longer than a whole delivery with its retries, so a notifier
+and skip. A claim lapses (`claim_lease`) after longer than a whole delivery with its retries, so a notifier
 that dies mid-send delays its notification but does not lose it. (A death after the receiver took the
 message but before its result was recorded means it is sent again, with the same Message-ID and
 webhook-id, for the receiver to recognise.) An explicit NotificationRequested has its own id, and so sends

@@ -78,7 +78,11 @@ class StatusProjection:
         complete."""
         if not isinstance(event, Outcome):
             return
-        why = event.reason if isinstance(event, ImageFailed) else "compressed, but its outcome was lost"
+        why = (
+            event.reason
+            if isinstance(event, ImageFailed)
+            else "compressed, but its outcome could not be recorded"
+        )
         failed = ImageFailed(
             request_id=event.request_id, index=event.index, url=event.url, reason=f"{why} ({reason})"[:500]
         )

@@ -4,10 +4,11 @@ Nothing is visible (or published) unless the whole file is valid and stored: the
 are validated, then the request document (RECEIVING: invisible, unpublished), and accepting it is the one
 final step. A rejected file's rows are deleted.
 
-An upload's outcome is certain before the client hears it. A write reported as failed may still have
-landed, so after any storage failure `settle_failed_upload` finds out: accepted after all (202), or
-removed in a way no late write can undo (503). Only if the database stays silent for SETTLE_WITHIN_S is
-the answer "not known yet"; the janitor then settles it (as not accepted, unless the accept had landed)
+An upload's outcome is certain before the client hears it. A failure before the accept was sent means
+not accepted (the leftovers are invisible, and removed). But an accept reported as failed may still have
+landed, so `accept_upload` then finds out: accepted after all (202), or removed in a way that no late
+accept can undo (503). Only if the database stays silent for SETTLE_WITHIN_S is the answer "not known
+yet" (`OutcomeUnknown`); the janitor then settles it (as not accepted, unless the accept had landed)
 within ABANDONED_AFTER.
 """
 
@@ -34,6 +35,10 @@ log = structlog.get_logger()
 SETTLE_WITHIN_S = 20.0  # how long a failed upload waits for the database to say what became of it
 ABANDONED_AFTER = timedelta(minutes=10)  # a request still RECEIVING this long is settled by the janitor
 JANITOR_INTERVAL_S = 60.0
+
+
+class OutcomeUnknown(Exception):
+    """The accept step failed, and the database did not say within SETTLE_WITHIN_S whether it landed."""
 
 
 def form_problems(
@@ -83,8 +88,8 @@ async def store_request(
     email: str,
     webhook_url: str | None,
 ) -> RequestDoc:
-    """Raises CsvRejected (invalid file: the caller discards its rows) or StorageError (the caller settles
-    it: `settle_failed_upload`)."""
+    """Raises CsvRejected (invalid file), StorageError (certainly not accepted; the caller discards what
+    was stored) or OutcomeUnknown."""
     reader = CsvReader(file.file, limits)
     chunks = reader.chunks(ROWS_PER_CHUNK)
     chunk_no = images = products = 0
@@ -107,16 +112,27 @@ async def store_request(
         row_chunks=chunk_no,
     )
     await repo.create_request(request_id, upload)
-    accepted = await repo.accept_request(request_id)
+    return await accept_upload(repo, request_id)
+
+
+async def accept_upload(repo: RequestRepository, request_id: str) -> RequestDoc:
+    """The final step: the accepted request. If it fails, whether it landed is settled before returning
+    (the request, accepted after all) or raising (StorageError: certainly not; OutcomeUnknown)."""
+    try:
+        accepted = await repo.accept_request(request_id)
+    except StorageError as exc:
+        log.error("upload_accept_failed_settling", error=str(exc)[:200])
+        accepted = await settle_failed_upload(repo, request_id)
+        if accepted is not None:
+            log.warning("upload_accepted_after_all")
     if accepted is None:
-        raise StorageError("the upload was settled as not accepted before it could be accepted")
+        raise StorageError("the upload was not accepted: the database failed while accepting it")
     return accepted
 
 
 async def settle_failed_upload(repo: RequestRepository, request_id: str) -> RequestDoc | None:
-    """After a storage failure while storing an upload: the request if it was accepted after all, None if
-    it certainly was not (and never will be). Raises StorageUnavailable if the database does not say
-    within SETTLE_WITHIN_S."""
+    """After a failed accept: the request if it was accepted after all, None if it certainly was not (and
+    never will be). Raises OutcomeUnknown if the database does not say within SETTLE_WITHIN_S."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SETTLE_WITHIN_S
     failures = 0
@@ -125,10 +141,10 @@ async def settle_failed_upload(repo: RequestRepository, request_id: str) -> Requ
             if await repo.settle_upload(request_id):
                 return await repo.get(request_id, notifications=False)
             return None
-        except StorageUnavailable:
+        except StorageUnavailable as exc:
             delay = backoff_delay(failures, base=0.25, max_delay=2.0)
             if loop.time() + delay > deadline:
-                raise
+                raise OutcomeUnknown(str(exc)) from exc
             failures += 1
             await asyncio.sleep(delay)
 

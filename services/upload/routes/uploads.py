@@ -14,12 +14,12 @@ from services.upload.errors import ApiError, problem
 from services.upload.intake import (
     ABANDONED_AFTER,
     JANITOR_INTERVAL_S,
+    OutcomeUnknown,
     form_problems,
-    settle_failed_upload,
     store_request,
 )
 from shared.mongo import StorageError
-from shared.repository import RequestDoc, RequestRepository, new_request_id
+from shared.repository import new_request_id
 
 log = structlog.get_logger()
 router = APIRouter()
@@ -60,9 +60,19 @@ async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
         await repo.discard(request_id)
         problems = [p.to_dict() for p in exc.problems]
         raise ApiError(exc.status_code, f"{exc}; nothing was queued", problems) from None
+    except OutcomeUnknown:
+        UPLOADS.labels("unknown").inc()
+        raise ApiError(
+            503,
+            f"storage is unavailable and did not confirm whether request {request_id} was accepted: "
+            f"GET /status/{request_id} says within {SETTLED_WITHIN_MIN} minutes "
+            "(404: it was not) before you upload it again",
+        ) from None
     except StorageError as exc:
+        UPLOADS.labels("unavailable").inc()
         log.error("upload_storage_failed", error=str(exc)[:200])
-        accepted = await _settled(repo, request_id)
+        await repo.discard(request_id)
+        raise ApiError(503, "storage is unavailable; nothing was accepted, try again shortly") from None
     gateway.relay.kick()
     UPLOADS.labels("accepted").inc()
     log.info("upload_accepted", products=accepted["total_products"], images=accepted["total_images"])
@@ -78,26 +88,6 @@ async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
         },
         status_code=202,
     )
-
-
-async def _settled(repo: RequestRepository, request_id: str) -> RequestDoc:
-    """The request, if the failed upload was accepted after all; otherwise answers 503, saying whether
-    that is certain (nothing accepted) or not known yet (the database did not answer)."""
-    try:
-        accepted = await settle_failed_upload(repo, request_id)
-    except StorageError:
-        UPLOADS.labels("unknown").inc()
-        raise ApiError(
-            503,
-            f"storage is unavailable and did not confirm whether request {request_id} was accepted: "
-            f"GET /status/{request_id} says within {SETTLED_WITHIN_MIN} minutes "
-            "(404: it was not) before you upload it again",
-        ) from None
-    if accepted is None:
-        UPLOADS.labels("unavailable").inc()
-        raise ApiError(503, "storage is unavailable; nothing was accepted, try again shortly")
-    log.warning("upload_accepted_after_storage_failure")
-    return accepted
 
 
 def _text(value: object) -> str:
