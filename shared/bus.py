@@ -173,7 +173,15 @@ class EventBus:
 
     async def publish_many(self, events: Iterable[Event]) -> None:
         # Confirms are pipelined: many publishes in flight on one channel, each awaited for its confirm.
-        await asyncio.gather(*(self.publish(e) for e in events))
+        try:
+            await asyncio.gather(*(self.publish(e) for e in events))
+        except BrokerUnavailable:
+            # Cancelled while one publish had already failed (returned, say), gather reports the failure
+            # and drops the cancellation: give the cancellation back, or a stopping relay would go on.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None
+            raise
 
     # --- consuming ------------------------------------------------------------------------------------
     async def subscribe(

@@ -76,7 +76,10 @@ class Runtime:
         await self.bus.stop_consuming(self.settings.shutdown_grace)
         for task in self.background:
             task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
+        if self.background:  # bounded: a loop that swallowed its cancellation must not hang the stop
+            _, stuck = await asyncio.wait(self.background, timeout=self.settings.shutdown_grace)
+            if stuck:
+                log.error("background_tasks_not_stopped", tasks=[task.get_name() for task in stuck])
         for close in self.on_close:
             await close()
         await self.bus.close()

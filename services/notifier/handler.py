@@ -6,7 +6,7 @@ sends and the others wait (`ClaimHeld`: the bus retries them) until it has a res
 and skip. A claim lapses (`claim_lease`) after longer than a whole delivery with its retries, so a notifier
 that dies mid-send delays its notification but does not lose it. (A death after the receiver took the
 message but before its result was recorded means it is sent again, with the same Message-ID and
-webhook-id, for the receiver to recognise.) An explicit NotificationRequested has its own id, and so sends
+webhook-id, for the receiver to recognise; a database that fails just then only delays the record.) An explicit NotificationRequested has its own id, and so sends
 the email again. Every attempt is recorded on the request.
 """
 
@@ -53,6 +53,9 @@ class Notifier:
         self.links = Links(settings.base_url)
         self.owner = uuid.uuid4().hex  # this notifier's name on the claims it holds
         self.lease = claim_lease(settings)
+        # Channels this process sent whose result it could not record yet (the database failed just then):
+        # their redelivery records the result instead of sending again.
+        self._unrecorded: dict[tuple[str, str, str], bool] = {}
 
     async def notify(self, event: Notice) -> None:
         request = await self.repo.get(event.request_id, notifications=False)
@@ -62,6 +65,10 @@ class Notifier:
         summary = self._summary(request)
         held = []
         for channel, send in self._channels(event, request).items():
+            sent = self._unrecorded.get((request["_id"], key, channel))
+            if sent is not None:
+                await self._mark(request["_id"], key, channel, sent)
+                continue
             claim = await self.repo.claim_notification(request["_id"], key, channel, self.owner, self.lease)
             if claim is Claim.CLAIMED:
                 await send(request, key, summary)
@@ -143,7 +150,9 @@ class Notifier:
         return record
 
     async def _mark(self, request_id: str, key: str, channel: str, ok: bool) -> None:
+        self._unrecorded[(request_id, key, channel)] = ok
         await self.repo.mark_notified(request_id, key, channel, ok)
+        del self._unrecorded[(request_id, key, channel)]
         log.info("notification_finished", channel=channel, ok=ok, notification_id=key)
 
 

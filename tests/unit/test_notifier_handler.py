@@ -6,12 +6,14 @@ import asyncio
 from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from services.notifier.handler import Notifier
 from shared.errors import ClaimHeld
 from shared.events import NotificationRequested, RequestCompleted
+from shared.mongo import StorageUnavailable
 from shared.repository import Claim, RowDoc, Upload
 from shared.settings import Settings
 from tests.fakes import FakeRequestRepository, RecordingMailer, RecordingWebhooks
@@ -113,3 +115,23 @@ async def test_a_parked_completion_marks_its_unsent_channels_failed_with_the_rea
     assert request["notified"] == {"done-1": {"email": "failed", "webhook": "failed"}}
     assert all("boom" in a["detail"] for a in request["notifications"])
     assert (len(n.mailer.sent), len(n.webhooks.posted)) == (0, 0)  # type: ignore[attr-defined]
+
+
+async def test_a_result_the_database_failed_to_record_is_recorded_on_redelivery_not_sent_again(
+    tmp_path: Path,
+) -> None:
+    n = await notifier(tmp_path, webhook_url=None)
+    mark = n.repo.mark_notified
+    failures = [StorageUnavailable("NetworkTimeout: no reply")]
+
+    async def flaky_mark(*args: Any, **kwargs: Any) -> None:
+        if failures:
+            raise failures.pop()
+        await mark(*args, **kwargs)
+
+    n.repo.mark_notified = flaky_mark  # type: ignore[method-assign]
+    with pytest.raises(StorageUnavailable):
+        await n.notify(completed())  # sent, but its result not recorded: the bus retries it
+    await n.notify(completed())
+    assert len(n.mailer.sent) == 1  # type: ignore[attr-defined]
+    assert n.repo.requests["r1"]["notified"] == {"done-1": {"email": "sent"}}  # type: ignore[attr-defined]
