@@ -5,12 +5,17 @@ Topology (all names start with `settings.bus_prefix`, so deployments sharing a b
     <prefix>.events                  topic exchange every event is published to
     <prefix>.<service>               one durable quorum queue per subscribing service
     <prefix>.<service>.retry.<N>ms   delay queues: a failed message waits N ms, then returns to its queue
-    <prefix>.<service>.dead          parking lot for messages that failed every retry, or were malformed
+    <prefix>.<service>.dead          dead letters: messages given up on (by the bus, or by the broker's
+                                     delivery limit), each waiting for its outcome to be recorded
+    <prefix>.<service>.parked        the parking lot: dead letters whose outcome is recorded, kept for people
 
 A subscribing service declares its own queues and binds them to the events of its routing table (its
 `ROUTES`: event type -> handler), so each subscription is written down once, beside its handlers.
 Publishes are mandatory and confirmed: a message that no queue takes (its subscriber has never started)
-comes back as a failed publish, to be tried again, rather than vanishing.
+comes back as a failed publish (`BrokerUnavailable`), to be tried again, rather than vanishing.
+
+Which failures are retried without limit and which count towards giving up is decided in one place,
+shared/errors.py (`Unavailable`), and acted on in `EventBus._after_failure`.
 """
 
 from __future__ import annotations
@@ -32,16 +37,19 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from shared.errors import Unavailable
 from shared.events import Event, MalformedEvent, parse_event
 from shared.settings import Settings
 
 log = structlog.get_logger()
 
-# A message redelivered this often has killed (or been abandoned by) its consumer every time: we park it
-# and report it instead of handing it to a handler again, so it cannot crash-loop the fleet. Handler errors
-# do not count here: they go through the retry queues. The broker's own limit is a backstop above it.
+# A message redelivered this often has killed (or been abandoned by) its consumer every time: we give up on
+# it instead of handing it to a handler again, so it cannot crash-loop the fleet. Handler errors do not
+# count here: they go through the retry queues. The broker's own limit is a backstop above it, and what it
+# dead-letters is settled like everything else given up on.
 CRASH_LIMIT = 5
 DELIVERY_LIMIT = 20
+GIVEN_UP = "x-given-up"  # header: why the bus gave up on the message; it is only settled from then on
 # While the connection is being re-established its channels are closed; a publish waits this long for them
 # to be restored rather than fail at once.
 RECONNECT_WAIT_S = 30.0
@@ -53,6 +61,11 @@ Handler = Callable[[Any], Awaitable[None]]
 Routes = Mapping[type[Event], Handler]
 HandlerMethods = Mapping[type[Event], Callable[[Any, Any], Awaitable[None]]]
 ParkedHook = Callable[[Event, str], Awaitable[None]]
+Headers = dict[str, Any]
+
+
+class BrokerUnavailable(Unavailable):
+    """A publish was not confirmed: the broker is unreachable, refused it, or returned it (no queue took it)."""
 
 
 def bind(methods: HandlerMethods, handlers: object) -> Routes:
@@ -83,13 +96,17 @@ class Topology:
     def dead_letter_queue(self, service: str) -> str:
         return f"{self.queue(service)}.dead"
 
+    def parking_lot(self, service: str) -> str:
+        return f"{self.queue(service)}.parked"
+
     def retry_queue(self, service: str, delay_ms: int) -> str:
         return f"{self.queue(service)}.retry.{delay_ms}ms"
 
     def queues(self, service: str) -> list[str]:
-        """Every queue a subscribing service declares: its own, its parking lot and its delay queues."""
+        """Every queue a subscribing service declares: its own, its dead letters, its parking lot and its
+        delay queues."""
         retries = [self.retry_queue(service, delay) for delay in self.retry_delays_ms]
-        return [self.queue(service), self.dead_letter_queue(service), *retries]
+        return [self.queue(service), self.dead_letter_queue(service), self.parking_lot(service), *retries]
 
 
 class EventBus:
@@ -139,19 +156,32 @@ class EventBus:
 
     # --- publishing -----------------------------------------------------------------------------------
     async def publish(self, event: Event) -> None:
-        """Returns once the broker has confirmed the message (persisted to its queues); raises if it could
-        not, including when no queue is bound to the event (aio_pika's DeliveryError)."""
+        """Returns once the broker has confirmed the message (persisted to its queues); raises
+        BrokerUnavailable if it could not, including when no queue took it (it was returned)."""
         assert self._exchange is not None, "connect() first"
-        await self._channel_ready()
-        await self._exchange.publish(
-            _message(event.model_dump_json().encode(), event, attempt=0),
-            routing_key=event.routing_key,
-            mandatory=True,
-        )
+        try:
+            await self._channel_ready()
+            await self._exchange.publish(
+                _message(event.model_dump_json().encode(), event, attempt=0),
+                routing_key=event.routing_key,
+                mandatory=True,
+            )
+        except Exception as exc:
+            raise BrokerUnavailable(
+                f"{type(event).__name__} not published: {type(exc).__name__}: {exc}"[:500]
+            ) from exc
 
     async def publish_many(self, events: Iterable[Event]) -> None:
         # Confirms are pipelined: many publishes in flight on one channel, each awaited for its confirm.
-        await asyncio.gather(*(self.publish(e) for e in events))
+        try:
+            await asyncio.gather(*(self.publish(e) for e in events))
+        except BrokerUnavailable:
+            # Cancelled while one publish had already failed (returned, say), gather reports the failure
+            # and drops the cancellation: give the cancellation back, or a stopping relay would go on.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None
+            raise
 
     # --- consuming ------------------------------------------------------------------------------------
     async def subscribe(
@@ -160,108 +190,136 @@ class EventBus:
         """Declare `service`'s queues, bind them to the events in `routes`, and hand each event to its
         handler; a message is acknowledged only after its handler returns.
 
-        A handler exception sends the message to the next retry queue; after the last one it is parked
-        in the dead-letter queue and `on_parked` is told why. Malformed messages are parked at once.
+        A handler raising `Unavailable` (an outage) is retried with backoff for as long as it takes. Any
+        other exception is retried through the delay queues, then given up on: so is a malformed message
+        at once, and one that keeps killing its consumer. What is given up on is settled: `on_parked` gives
+        it its outcome (an image its failure, a notification its failed mark), then it is parked.
         """
         assert self._connection is not None, "connect() first"
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await self._declare_queues(channel, service, routes)
+        queue, dead = await self._declare_queues(channel, service, routes)
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._in_flight.add(task)
-            try:
-                await self._handle(service, message, routes, on_parked)
-            except Exception:
-                # Sending it to a retry queue failed (the broker is going away, or is half back): give it
-                # back. Left unacknowledged on a channel that stays open, it would never be delivered again.
-                log.exception("message_requeued", service=service)
-                with contextlib.suppress(Exception):
-                    await message.nack(requeue=True)
-            finally:
-                self._in_flight.discard(task)
+        def consumer(
+            handle: Callable[[AbstractIncomingMessage], Awaitable[None]],
+        ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                task = asyncio.current_task()
+                assert task is not None
+                self._in_flight.add(task)
+                try:
+                    await handle(message)
+                    await message.ack()
+                except Exception:
+                    # Forwarding it (to a retry queue, the dead letters or the parking lot) failed: the
+                    # broker is going away, or is half back. Give it back: left unacknowledged on a
+                    # channel that stays open, it would never be delivered again.
+                    log.exception("message_requeued", service=service)
+                    with contextlib.suppress(Exception):
+                        await message.nack(requeue=True)
+                finally:
+                    self._in_flight.discard(task)
 
-        tag = await queue.consume(on_message)
-        self._consumers.append((queue, tag))
+            return on_message
 
-    async def _handle(
-        self,
-        service: str,
-        message: AbstractIncomingMessage,
-        routes: Routes,
-        on_parked: ParkedHook | None,
-    ) -> None:
-        attempt = _header_int(message, "x-attempt")
+        async def handle(message: AbstractIncomingMessage) -> None:
+            await self._handle(service, message, routes)
+
+        async def settle(message: AbstractIncomingMessage) -> None:
+            await self._settle(service, message, on_parked)
+
+        for source, handler in ((queue, handle), (dead, settle)):
+            tag = await source.consume(consumer(handler))
+            self._consumers.append((source, tag))
+
+    async def _handle(self, service: str, message: AbstractIncomingMessage, routes: Routes) -> None:
         try:
             event = parse_event(message.body)
             handler = routes.get(type(event))
             if handler is None:  # bound once, since unbound: nothing here can handle it
                 raise MalformedEvent(f"{type(event).__name__} is not handled by {service}")
         except MalformedEvent as exc:
-            log.error("malformed_message_parked", service=service, reason=str(exc))
-            await self._park(service, message, str(exc))
-            await message.ack()
+            await self._give_up(service, message, str(exc))
             return
-        with structlog.contextvars.bound_contextvars(
-            request_id=event.request_id, event_id=event.event_id, event_type=type(event).__name__
-        ):
-            deliveries = _header_int(message, "x-delivery-count")
-            if deliveries >= CRASH_LIMIT:
-                reason = f"delivered {deliveries} times without being acknowledged (consumer crashes)"
-                await self._retry_or_park(
-                    service, message, event, len(self.topology.retry_delays_ms), reason, on_parked
-                )
+        with _event_context(event):
+            given_up = _header_str(message, GIVEN_UP) or _crash_reason(message)
+            if given_up:  # a crash-looper, or a settlement to try again: never handled again
+                await self._give_up(service, message, given_up)
                 return
             try:
                 await handler(event)
             except asyncio.CancelledError:
                 raise  # shutdown: not acked, so the broker redelivers it
             except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}"[:500]
-                await self._retry_or_park(service, message, event, attempt, reason, on_parked)
-            else:
-                await message.ack()
+                await self._after_failure(service, message, exc)
 
-    async def _retry_or_park(
-        self,
-        service: str,
-        message: AbstractIncomingMessage,
-        event: Event,
-        attempt: int,
-        reason: str,
-        on_parked: ParkedHook | None,
-    ) -> None:
+    async def _after_failure(self, service: str, message: AbstractIncomingMessage, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        if isinstance(exc, Unavailable):  # shared/errors.py: an outage says nothing about the message
+            await self._retry_later(service, message, reason)
+            return
         delays = self.topology.retry_delays_ms
+        attempt = _header_int(message, "x-attempt")
         if attempt < len(delays):
             log.warning(
                 "handler_failed_retrying", attempt=attempt + 1, delay_ms=delays[attempt], reason=reason
             )
-            await self._default_publish(
-                message, self.topology.retry_queue(service, delays[attempt]), attempt + 1, reason
-            )
+            queue = self.topology.retry_queue(service, delays[attempt])
+            await self._forward(message, queue, {"x-attempt": attempt + 1, "x-last-error": reason})
         else:
-            log.error("handler_failed_parked", attempts=attempt + 1, reason=reason)
-            # Parked first: if reporting fails, the redelivery may still succeed, and no success is
-            # then shadowed by a failure already reported.
-            await self._park(service, message, reason)
-            if on_parked is not None:
-                await on_parked(event, f"gave up after {attempt + 1} attempts: {reason}")
-        await message.ack()
+            await self._give_up(service, message, f"gave up after {attempt + 1} attempts: {reason}")
 
-    async def _park(self, service: str, message: AbstractIncomingMessage, reason: str) -> None:
-        attempt = _header_int(message, "x-attempt")
-        await self._default_publish(message, self.topology.dead_letter_queue(service), attempt, reason)
-
-    async def _default_publish(
-        self, message: AbstractIncomingMessage, queue: str, attempt: int, reason: str
+    async def _retry_later(
+        self, service: str, message: AbstractIncomingMessage, reason: str, headers: Headers | None = None
     ) -> None:
+        """Back off (each retry waits longer, up to the longest delay) and try again, with no limit."""
+        outages = _header_int(message, "x-outages")
+        delays = self.topology.retry_delays_ms
+        delay = delays[min(outages, len(delays) - 1)]
+        log.warning("unavailable_retrying_later", outages=outages + 1, delay_ms=delay, reason=reason)
+        queue = self.topology.retry_queue(service, delay)
+        await self._forward(
+            message, queue, {**(headers or {}), "x-outages": outages + 1, "x-last-error": reason}
+        )
+
+    async def _give_up(self, service: str, message: AbstractIncomingMessage, reason: str) -> None:
+        """Stop handling it: it goes to the dead letters, to be settled (see `_settle`)."""
+        log.error("message_given_up", service=service, reason=reason)
+        await self._forward(message, self.topology.dead_letter_queue(service), {GIVEN_UP: reason})
+
+    async def _settle(
+        self, service: str, message: AbstractIncomingMessage, on_parked: ParkedHook | None
+    ) -> None:
+        """A dead letter, from `_give_up` or from the broker's delivery limit: give it its outcome, then
+        park it. Until the outcome is recorded, it is retried (as given up: its handler never runs again)."""
+        reason = _header_str(message, GIVEN_UP) or _broker_dead_letter_reason(message)
+        parked = self.topology.parking_lot(service)
+        try:
+            event = parse_event(message.body)
+        except MalformedEvent:
+            await self._forward(message, parked, {GIVEN_UP: reason})
+            return
+        with _event_context(event):
+            if on_parked is not None and _crash_reason(message):
+                log.error("parked_without_outcome", reason="recording its outcome kills the consumer")
+            elif on_parked is not None:
+                try:
+                    await on_parked(event, reason)
+                except Exception as exc:
+                    why = f"its outcome could not be recorded: {type(exc).__name__}: {exc}"[:500]
+                    await self._retry_later(service, message, why, {GIVEN_UP: reason})
+                    return
+            log.error("message_parked", service=service, reason=reason, queue=parked)
+            await self._forward(message, parked, {GIVEN_UP: reason})
+
+    async def _forward(self, message: AbstractIncomingMessage, queue: str, headers: Headers) -> None:
+        """Send a copy of `message` to `queue` (through the default exchange), with `headers` added."""
         assert self._channel is not None
         await self._channel_ready()
+        kept = {k: v for k, v in (message.headers or {}).items() if k != "x-delivery-count"}
         copy = aio_pika.Message(
             body=message.body,
-            headers={**(message.headers or {}), "x-attempt": attempt, "x-last-error": reason},
+            headers={**kept, **headers},
             content_type=message.content_type,
             message_id=message.message_id,
             type=message.type,
@@ -277,11 +335,14 @@ class EventBus:
     # --- topology -------------------------------------------------------------------------------------
     async def _declare_queues(
         self, channel: aio_pika.abc.AbstractChannel, service: str, routes: Routes
-    ) -> AbstractQueue:
+    ) -> tuple[AbstractQueue, AbstractQueue]:
+        """The service's queue and its dead letters, both to be consumed; and the rest of its topology."""
         t = self.topology
         exchange = await channel.declare_exchange(t.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        quorum: dict[str, Any] = {"x-queue-type": "quorum"}
+        await channel.declare_queue(t.parking_lot(service), durable=True, arguments=quorum)
         dead = t.dead_letter_queue(service)
-        await channel.declare_queue(dead, durable=True, arguments={"x-queue-type": "quorum"})
+        dead_letters = await channel.declare_queue(dead, durable=True, arguments=quorum)
         # Declared, not just looked up: only declared queues get their consumers back when the robust
         # connection reconnects; a queue from get_queue(ensure=False) would silently stop consuming.
         queue = await channel.declare_queue(
@@ -306,12 +367,40 @@ class EventBus:
                     "x-dead-letter-routing-key": t.queue(service),
                 },
             )
-        return queue
+        return queue, dead_letters
 
 
 def _header_int(message: AbstractIncomingMessage, name: str) -> int:
     value = (message.headers or {}).get(name)
     return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
+
+
+def _header_str(message: AbstractIncomingMessage, name: str) -> str:
+    value = (message.headers or {}).get(name)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
+
+
+def _crash_reason(message: AbstractIncomingMessage) -> str:
+    deliveries = _header_int(message, "x-delivery-count")
+    if deliveries < CRASH_LIMIT:
+        return ""
+    return f"delivered {deliveries} times without being acknowledged (consumer crashes)"
+
+
+def _broker_dead_letter_reason(message: AbstractIncomingMessage) -> str:
+    deaths = (message.headers or {}).get("x-death")
+    first = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
+    why = first.get("reason", "unknown")
+    why = why.decode() if isinstance(why, bytes) else str(why)
+    return f"dead-lettered by the broker ({why}): delivered too often without being acknowledged"
+
+
+def _event_context(event: Event) -> contextlib.AbstractContextManager[None]:
+    return structlog.contextvars.bound_contextvars(
+        request_id=event.request_id, event_id=event.event_id, event_type=type(event).__name__
+    )
 
 
 def _message(body: bytes, event: Event, attempt: int) -> aio_pika.Message:

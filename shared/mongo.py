@@ -40,6 +40,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
 
+from shared.errors import Unavailable
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -58,13 +59,24 @@ class StorageError(Exception):
     """The database refused an operation (a bug, a constraint, a document too large)."""
 
 
-class StorageUnavailable(StorageError):
+class StorageUnavailable(StorageError, Unavailable):
     """The database cannot be reached or did not answer in time: trying again later may succeed."""
+
+
+# Server error codes that mean "not now" (a server starting, stopping, stepping down or timing out), from
+# the drivers' list of retryable errors; with retryable writes off, the server does not label them.
+_UNAVAILABLE_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+_UNAVAILABLE_LABELS = ("TransientTransactionError", "UnknownTransactionCommitResult", "RetryableWriteError")
 
 
 def _translated(exc: Exception) -> StorageError:
     transient = isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError) or (
-        isinstance(exc, PyMongoError) and (exc.timeout or exc.has_error_label("TransientTransactionError"))
+        isinstance(exc, PyMongoError)
+        and (
+            exc.timeout
+            or any(exc.has_error_label(label) for label in _UNAVAILABLE_LABELS)
+            or getattr(exc, "code", None) in _UNAVAILABLE_CODES
+        )
     )
     cls = StorageUnavailable if transient else StorageError
     return cls(f"{type(exc).__name__}: {exc}"[:500])
@@ -154,6 +166,8 @@ class Mongo:
             # Delivery bookkeeping: sparse flags, present only while there is something left to publish.
             await self.requests.create_index("outbox_pending", sparse=True)
             await self.requests.create_index("completion_pending", sparse=True)
+            # Uploads not yet accepted (RECEIVING), looked for by the gateway's janitor.
+            await self.requests.create_index("status")
 
     async def ping(self) -> bool:
         """For readiness probes: answers within a second, whatever the database does."""

@@ -40,13 +40,22 @@ _NEVER = datetime.fromtimestamp(0, UTC)
 
 
 class RequestStatus(StrEnum):
-    PENDING = "PENDING"  # until every image has an outcome
+    RECEIVING = "RECEIVING"  # stored, not yet accepted: invisible and never published (see accept_request)
+    PENDING = "PENDING"  # accepted, until every image has an outcome
     COMPLETED = "COMPLETED"
 
 
 # Nothing changes a request in these states any more (the lifecycle issue adds CANCELLED): live progress
 # streams end there.
 FINAL_STATUSES = frozenset({RequestStatus.COMPLETED})
+
+
+class Claim(StrEnum):
+    """What claiming a side effect (one channel of one notification) came to."""
+
+    CLAIMED = "claimed"  # ours to perform now
+    HELD = "held"  # another copy is performing it; its claim has not expired
+    DONE = "done"  # performed already (or finally failed)
 
 
 class OutcomeStatus(StrEnum):
@@ -132,9 +141,11 @@ class RequestDoc(Upload):
     created_at: datetime
     completed_at: NotRequired[datetime]
     failures: NotRequired[list[FailureDoc]]  # the first FAILURES_KEPT
-    # the notifier: every attempt, and each channel's result per notification ("sent" or "failed")
+    # the notifier: every attempt, each channel's result per notification ("sent" or "failed"), and the
+    # claims on channels being sent right now (owner and expiry, per notification and channel)
     notifications: NotRequired[list[AttemptDoc]]
     notified: NotRequired[dict[str, dict[str, str]]]
+    sending: NotRequired[dict[str, dict[str, dict[str, object]]]]
     renotify_after: NotRequired[datetime]
     # the outbox (upload's relay): present while the request's ImageRequested events are being published
     outbox_pending: NotRequired[bool]
@@ -187,7 +198,7 @@ def row_chunk_key(request_id: str, chunk: int) -> str:
 class RequestRepository(Protocol):
     """The operations services perform on the read model."""
 
-    # --- upload: rows first, the request document last (it is what makes a request visible) -------------
+    # --- upload: rows first, then the request document (RECEIVING), then accepting it -------------------
     async def add_rows(
         self,
         request_id: str,
@@ -199,13 +210,33 @@ class RequestRepository(Protocol):
     ) -> None:
         """Store a chunk of rows; `urls_column` is the cell holding the URLs (stored once, in `urls`)."""
 
-    async def create_request(self, request_id: str, upload: Upload) -> RequestDoc: ...
+    async def create_request(self, request_id: str, upload: Upload) -> RequestDoc:
+        """The request document, RECEIVING: invisible and unpublished until `accept_request`."""
+        ...
+
+    async def accept_request(self, request_id: str) -> RequestDoc | None:
+        """RECEIVING -> PENDING, the one step that makes an upload accepted (visible, to be published).
+        The request, or None if it was not RECEIVING (settled as not accepted meanwhile)."""
+        ...
+
+    async def settle_upload(self, request_id: str) -> bool:
+        """After a failed step of an upload: True if it was accepted after all; else False, and it never
+        will be (a late `accept_request` finds nothing to accept) and its leftovers are removed."""
+        ...
+
+    def abandoned_uploads(self, older_than: timedelta) -> AsyncIterator[str]:
+        """Requests left RECEIVING longer than `older_than` (their gateway died or lost the database)."""
+        ...
 
     async def discard(self, request_id: str) -> None:
-        """Undo a failed upload, best effort (never raises)."""
+        """Remove what a rejected or failed upload stored before it was accepted (never raises)."""
 
     # --- reads ----------------------------------------------------------------------------------------
     async def get(self, request_id: str, *, notifications: bool = True) -> RequestDoc | None: ...
+
+    async def status_of(self, request_id: str) -> RequestStatus | None:
+        """The request's status alone (cheap); None if there is no such request."""
+        ...
 
     def rows_with_outcomes(
         self, request_id: str, first_row: int = 0, limit: int | None = None
@@ -246,12 +277,26 @@ class RequestRepository(Protocol):
     def unpublished_completions(self, older_than: timedelta) -> AsyncIterator[str]: ...
 
     # --- notifications ---------------------------------------------------------------------------------
+    async def claim_notification(
+        self, request_id: str, notification_id: str, channel: str, owner: str, lease: timedelta
+    ) -> Claim:
+        """Claim one channel of one notification before sending it: of any number of concurrent
+        claimants, one gets CLAIMED. A claim lapses after `lease` (its claimant died), so the
+        notification is not lost. Raises UnknownRequest when the request does not exist."""
+        ...
+
     async def record_attempt(self, request_id: str, attempt: AttemptDoc) -> None: ...
 
-    async def mark_notified(self, request_id: str, notification_id: str, channel: str, ok: bool) -> None: ...
+    async def mark_notified(self, request_id: str, notification_id: str, channel: str, ok: bool) -> None:
+        """The channel's final result for this notification; its claim is given up."""
+        ...
 
     async def claim_renotify(self, request_id: str, interval: timedelta) -> bool:
         """True if no re-send was claimed within `interval`: the caller may queue one now."""
+        ...
+
+    async def release_renotify(self, request_id: str) -> None:
+        """The claimed re-send could not be queued: let the next one be claimed at once."""
 
 
 def _row_bytes(row: RowDoc) -> int:
@@ -322,28 +367,51 @@ class MongoRequestRepository:
     async def create_request(self, request_id: str, upload: Upload) -> RequestDoc:
         doc: RequestDoc = {
             "_id": request_id,
-            "status": RequestStatus.PENDING,
+            "status": RequestStatus.RECEIVING,
             **upload,
             "no_img_compressed": 0,
             "no_img_failed": 0,
             "bytes_in": 0,
             "bytes_out": 0,
             "created_at": datetime.now(UTC),
-            "outbox_pending": True,
             "published_images": 0,
             "published_chunks": 0,
-            "lease_until": _NEVER,
         }
         await self.mongo.requests.insert_one(cast(Doc, doc))
         return doc
 
+    async def accept_request(self, request_id: str) -> RequestDoc | None:
+        accepted = await self.mongo.requests.update_one(
+            {"_id": request_id, "status": RequestStatus.RECEIVING},
+            {"$set": {"status": RequestStatus.PENDING, "outbox_pending": True, "lease_until": _NEVER}},
+        )
+        return await self.get(request_id, notifications=False) if accepted.modified_count == 1 else None
+
+    async def settle_upload(self, request_id: str) -> bool:
+        # Removing it only while RECEIVING fences off an accept still on its way: it then finds nothing.
+        receiving = {"_id": request_id, "status": RequestStatus.RECEIVING}
+        while not (await self.mongo.requests.delete_one(receiving)).deleted_count:
+            found = await self.mongo.requests.find_one({"_id": request_id}, projection={"status": 1})
+            if found is None:
+                break  # never stored (an insert still on its way lands RECEIVING: abandoned_uploads)
+            if found["status"] != RequestStatus.RECEIVING:
+                return True
+        await self.mongo.rows.delete_many({"request_id": request_id})
+        return False
+
+    async def abandoned_uploads(self, older_than: timedelta) -> AsyncIterator[str]:
+        cutoff = datetime.now(UTC) - older_than
+        async for doc in self.mongo.requests.find(
+            {"status": RequestStatus.RECEIVING}, projection={"created_at": 1}
+        ):
+            if doc["created_at"] < cutoff:
+                yield doc["_id"]
+
     async def discard(self, request_id: str) -> None:
-        # The request document goes first: a write reported as failed may have landed, and the outbox must
-        # not publish what the client was told was not accepted. Rows left behind without a request are
-        # invisible, only wasted space (the relay also drops a request without rows).
+        # Never accepted, so only ever RECEIVING: whatever is left behind is invisible, and the janitor's.
         try:
             with pymongo.timeout(2.0):
-                await self.mongo.requests.delete_one({"_id": request_id})
+                await self.mongo.requests.delete_one({"_id": request_id, "status": RequestStatus.RECEIVING})
                 await self.mongo.rows.delete_many({"request_id": request_id})
         except Exception:  # best effort: the caller is already reporting a failure
             return
@@ -352,6 +420,10 @@ class MongoRequestRepository:
     async def get(self, request_id: str, *, notifications: bool = True) -> RequestDoc | None:
         projection = None if notifications else {"notifications": 0}
         return cast(RequestDoc | None, await self.mongo.requests.find_one({"_id": request_id}, projection))
+
+    async def status_of(self, request_id: str) -> RequestStatus | None:
+        found = await self.mongo.requests.find_one({"_id": request_id}, projection={"status": 1})
+        return None if found is None else RequestStatus(found["status"])
 
     async def rows_with_outcomes(
         self, request_id: str, first_row: int = 0, limit: int | None = None
@@ -561,6 +633,23 @@ class MongoRequestRepository:
                 yield request["_id"]
 
     # --- notifications --------------------------------------------------------------------------------
+    async def claim_notification(
+        self, request_id: str, notification_id: str, channel: str, owner: str, lease: timedelta
+    ) -> Claim:
+        now = datetime.now(UTC)
+        result = f"notified.{notification_id}.{channel}"
+        claim = f"sending.{notification_id}.{channel}"
+        claimed = await self.mongo.requests.update_one(
+            {"_id": request_id, result: {"$exists": False}, f"{claim}.until": {"$not": {"$gt": now}}},
+            {"$set": {claim: {"owner": owner, "until": now + lease}}},
+        )
+        if claimed.modified_count == 1:
+            return Claim.CLAIMED
+        found = await self.mongo.requests.find_one({"_id": request_id}, projection={result: 1})
+        if found is None:
+            raise UnknownRequest(f"no request {request_id}")
+        return Claim.DONE if channel in found.get("notified", {}).get(notification_id, {}) else Claim.HELD
+
     async def record_attempt(self, request_id: str, attempt: AttemptDoc) -> None:
         await self.mongo.requests.update_one(
             {"_id": request_id},
@@ -570,7 +659,10 @@ class MongoRequestRepository:
     async def mark_notified(self, request_id: str, notification_id: str, channel: str, ok: bool) -> None:
         await self.mongo.requests.update_one(
             {"_id": request_id},
-            {"$set": {f"notified.{notification_id}.{channel}": "sent" if ok else "failed"}},
+            {
+                "$set": {f"notified.{notification_id}.{channel}": "sent" if ok else "failed"},
+                "$unset": {f"sending.{notification_id}.{channel}": ""},
+            },
         )
 
     async def claim_renotify(self, request_id: str, interval: timedelta) -> bool:
@@ -580,3 +672,6 @@ class MongoRequestRepository:
             {"$set": {"renotify_after": now + interval}},
         )
         return claimed.modified_count == 1
+
+    async def release_renotify(self, request_id: str) -> None:
+        await self.mongo.requests.update_one({"_id": request_id}, {"$unset": {"renotify_after": ""}})

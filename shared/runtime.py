@@ -76,7 +76,10 @@ class Runtime:
         await self.bus.stop_consuming(self.settings.shutdown_grace)
         for task in self.background:
             task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
+        if self.background:  # bounded: a loop that swallowed its cancellation must not hang the stop
+            _, stuck = await asyncio.wait(self.background, timeout=self.settings.shutdown_grace)
+            if stuck:
+                log.error("background_tasks_not_stopped", tasks=[task.get_name() for task in stuck])
         for close in self.on_close:
             await close()
         await self.bus.close()
@@ -108,6 +111,8 @@ async def retry_until_done(what: str, action: Callable[[], Awaitable[None]], sto
         stop.cancel()
         if not attempt.done():  # stopped mid-attempt (a connect can take seconds to time out)
             attempt.cancel()
+            # It may still end in an error (the client closed under it): that is expected, not news.
+            attempt.add_done_callback(lambda done: done.cancelled() or done.exception())
             return False
         if attempt.exception() is None:
             return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,12 +27,33 @@ from shared.repository import MongoRequestRepository
 from shared.settings import Settings
 
 AMQP_URL = os.environ.get("IMAGEPIPE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+# Every bus prefix of this session starts with this, so what it leaves in the broker is told apart from what
+# other runs on the same broker have declared.
+SESSION_PREFIX = f"test-{uuid.uuid4().hex[:6]}-"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def rabbitmq() -> None:
-    """The machine's RabbitMQ, started if it is down (as `make run` does)."""
+def rabbitmq() -> Iterator[None]:
+    """The machine's RabbitMQ, started if it is down (as `make run` does). Every test deletes the queues it
+    declared (its topology, its spies): after the session, none of ours is left."""
     ensure_rabbitmq(AMQP_URL)
+    yield
+    left = [name for name in broker_queues() if name.startswith(SESSION_PREFIX)]
+    assert not left, f"the tests left {len(left)} queues in the broker: {sorted(left)[:20]}"
+
+
+def broker_queues() -> list[str]:
+    """The names of the machine broker's queues, as `rabbitmqctl list_queues name` shows them."""
+    if AMQP_URL != "amqp://guest:guest@127.0.0.1:5672/" or shutil.which("rabbitmqctl") is None:
+        return []  # another broker: not ours to list
+    listed = subprocess.run(
+        ["rabbitmqctl", "list_queues", "name", "--quiet", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return listed.stdout.split()
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +79,7 @@ def make_settings(mongo_url: str, data_dir: Path, **overrides: object) -> Settin
     tag = uuid.uuid4().hex[:8]
     values: dict[str, object] = {
         "amqp_url": AMQP_URL,
-        "bus_prefix": f"test-{tag}",
+        "bus_prefix": f"{SESSION_PREFIX}{tag}",
         "mongo_url": mongo_url,
         "mongo_db": f"test_{tag}",
         "data_dir": data_dir,

@@ -20,6 +20,7 @@ from shared.events import Event
 from shared.files import ImageDownload, ImageMeta, StoredImage
 from shared.repository import (
     AttemptDoc,
+    Claim,
     OutboxEntry,
     OutcomeDoc,
     OutcomeStatus,
@@ -31,6 +32,18 @@ from shared.repository import (
     UnknownRequest,
     Upload,
 )
+
+
+def an_upload(total_images: int = 1, webhook_url: str | None = None) -> Upload:
+    """What an upload of one product brings, for tests that store a request without a CSV."""
+    return Upload(
+        email="buyer@example.com",
+        webhook_url=webhook_url,
+        columns=["S. No.", "Product Name", "Input Image Urls"],
+        total_products=1,
+        total_images=total_images,
+        row_chunks=1,
+    )
 
 
 class RecordingPublisher:
@@ -73,22 +86,42 @@ class FakeRequestRepository:
     async def create_request(self, request_id: str, upload: Upload) -> RequestDoc:
         doc = RequestDoc(
             _id=request_id,
-            status=RequestStatus.PENDING,
+            status=RequestStatus.RECEIVING,
             **upload,
             no_img_compressed=0,
             no_img_failed=0,
             bytes_in=0,
             bytes_out=0,
             created_at=datetime.now(UTC),
-            outbox_pending=True,
             published_images=0,
             published_chunks=0,
         )
         self.requests[request_id] = doc
         return copy.deepcopy(doc)
 
+    async def accept_request(self, request_id: str) -> RequestDoc | None:
+        request = self.requests.get(request_id)
+        if request is None or request["status"] != RequestStatus.RECEIVING:
+            return None
+        request.update(status=RequestStatus.PENDING, outbox_pending=True)
+        return copy.deepcopy(request)
+
+    async def settle_upload(self, request_id: str) -> bool:
+        request = self.requests.get(request_id)
+        if request is not None and request["status"] != RequestStatus.RECEIVING:
+            return True
+        await self.discard(request_id)
+        return False
+
+    async def abandoned_uploads(self, older_than: timedelta) -> AsyncIterator[str]:
+        cutoff = datetime.now(UTC) - older_than
+        for request_id, doc in list(self.requests.items()):
+            if doc["status"] == RequestStatus.RECEIVING and doc["created_at"] < cutoff:
+                yield request_id
+
     async def discard(self, request_id: str) -> None:
-        self.requests.pop(request_id, None)
+        if request_id in self.requests and self.requests[request_id]["status"] == RequestStatus.RECEIVING:
+            del self.requests[request_id]
         for key in [k for k in self.chunks if k[0] == request_id]:
             del self.chunks[key]
 
@@ -98,6 +131,10 @@ class FakeRequestRepository:
         if found is not None and not notifications:
             found.pop("notifications", None)
         return found
+
+    async def status_of(self, request_id: str) -> RequestStatus | None:
+        found = self.requests.get(request_id)
+        return None if found is None else found["status"]
 
     async def rows_with_outcomes(
         self, request_id: str, first_row: int = 0, limit: int | None = None
@@ -203,12 +240,28 @@ class FakeRequestRepository:
                 yield request_id
 
     # --- notifications --------------------------------------------------------------------------------
+    async def claim_notification(
+        self, request_id: str, notification_id: str, channel: str, owner: str, lease: timedelta
+    ) -> Claim:
+        request, now = self.requests.get(request_id), datetime.now(UTC)
+        if request is None:
+            raise UnknownRequest(request_id)
+        if channel in request.get("notified", {}).get(notification_id, {}):
+            return Claim.DONE
+        claims = request.setdefault("sending", {}).setdefault(notification_id, {})
+        held = claims.get(channel)
+        if held is not None and held["until"] > now:  # type: ignore[operator]
+            return Claim.HELD
+        claims[channel] = {"owner": owner, "until": now + lease}
+        return Claim.CLAIMED
+
     async def record_attempt(self, request_id: str, attempt: AttemptDoc) -> None:
         self.requests[request_id].setdefault("notifications", []).append(attempt)
 
     async def mark_notified(self, request_id: str, notification_id: str, channel: str, ok: bool) -> None:
         notified = self.requests[request_id].setdefault("notified", {})
         notified.setdefault(notification_id, {})[channel] = "sent" if ok else "failed"
+        self.requests[request_id].get("sending", {}).get(notification_id, {}).pop(channel, None)
 
     async def claim_renotify(self, request_id: str, interval: timedelta) -> bool:
         request, now = self.requests[request_id], datetime.now(UTC)
@@ -216,6 +269,9 @@ class FakeRequestRepository:
             return False
         request["renotify_after"] = now + interval
         return True
+
+    async def release_renotify(self, request_id: str) -> None:
+        self.requests[request_id].pop("renotify_after", None)
 
 
 @dataclass

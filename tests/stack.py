@@ -17,7 +17,7 @@ import httpx
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope, Session
 
-from localrun.supervisor import Supervisor, free_port, wait_for_port
+from localrun.supervisor import SERVICES, Supervisor, free_port, wait_for_port
 from shared.settings import Settings
 from tests.conftest import eventually, settings_env
 from tests.origin import Origin
@@ -90,7 +90,9 @@ class Stack:
         await self.origin.stop()
 
 
-async def start_stack(settings: Settings, log_dir: Path, compressors: int = 1) -> Stack:
+async def start_stack(
+    settings: Settings, log_dir: Path, compressors: int = 1, services: tuple[str, ...] = SERVICES
+) -> Stack:
     origin = await Origin().start()
     sink = SmtpSink()
     smtp_port = free_port()
@@ -100,6 +102,6 @@ async def start_stack(settings: Settings, log_dir: Path, compressors: int = 1) -
     settings = settings.model_copy(update={"port": port, "smtp_host": "127.0.0.1", "smtp_port": smtp_port})
     supervisor = Supervisor(settings_env(settings), log_dir=log_dir)
     stack = Stack(settings, supervisor, origin, sink, controller, httpx.AsyncClient(timeout=30))
-    supervisor.start_services(compressors)
+    supervisor.start_services(compressors, services=services)
     wait_for_port("127.0.0.1", port, 30, "the API")
     return stack

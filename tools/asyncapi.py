@@ -140,7 +140,12 @@ def _operations(
             },
         }
     for service, handler in to[event.__name__]:
-        queue, dead, *retries = topology.queues(service)
+        queue, dead, parked = (
+            topology.queue(service),
+            topology.dead_letter_queue(service),
+            topology.parking_lot(service),
+        )
+        retries = [topology.retry_queue(service, delay) for delay in topology.retry_delays_ms]
         operations[f"{service}.receive.{event.__name__}"] = {
             "action": "receive",
             "channel": channel,
@@ -148,7 +153,8 @@ def _operations(
             "title": f"{service} consumes {event.__name__}",
             "description": f"From its durable quorum queue `{queue}`, bound to `{event.routing_key}`, by "
             f"`{handler}`; acknowledged once handled. A failed handler's message waits in "
-            f"{', '.join(f'`{r}`' for r in retries)} in turn, then is parked in `{dead}`.",
+            f"{', '.join(f'`{r}`' for r in retries)} in turn (an outage, without limit at the last); one given "
+            f"up on waits in `{dead}` until {service} has settled its outcome, then is parked in `{parked}`.",
             "tags": [{"name": service}],
             "bindings": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}},
         }

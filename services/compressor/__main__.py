@@ -9,6 +9,7 @@ from services.compressor.codec_pool import CodecPool
 from services.compressor.fetch import FetchPolicy, SafeFetcher
 from services.compressor.handler import HOST_SLOT_WAIT_S, ROUTES, Compressor
 from services.compressor.hosts import CircuitBreakers, HostLimiter
+from services.compressor.wanted import WantedRequests
 from shared.bus import bind
 from shared.runtime import Runtime, run_service
 
@@ -25,7 +26,10 @@ async def start(rt: Runtime) -> None:
     breakers = CircuitBreakers(s.host_failures_to_open, s.host_cooldown, trial_timeout=policy.total_timeout)
     fetcher = SafeFetcher(policy, breakers=breakers)
     hosts = HostLimiter(s.host_concurrency, wait=HOST_SLOT_WAIT_S)
-    compressor = Compressor(rt.images, rt.bus, fetcher, codec, s.quality, s.max_pixels, rt.repo, hosts)
+    wanted = WantedRequests(rt.repo)
+    compressor = Compressor(
+        rt.images, rt.bus, fetcher, codec, s.quality, s.max_pixels, rt.repo, hosts, wanted
+    )
 
     async def close() -> None:
         await fetcher.close()

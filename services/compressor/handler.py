@@ -12,6 +12,7 @@ from prometheus_client import Counter, Histogram
 from services.compressor.codec import CompressedImage, ImageRejected
 from services.compressor.fetch import FetchError
 from services.compressor.hosts import HostLimiter, HostSaturated, origin_of
+from services.compressor.wanted import WantedRequests
 from shared.bus import HandlerMethods, Publisher
 from shared.events import Event, ImageCompressed, ImageFailed, ImageRequested
 from shared.files import ImageMeta, ImageStore, StoredImage
@@ -54,8 +55,13 @@ class Compressor:
     max_pixels: int
     outcomes: Outcomes
     hosts: HostLimiter = field(default_factory=lambda: HostLimiter(per_host=4, wait=HOST_SLOT_WAIT_S))
+    wanted: WantedRequests | None = None  # asked before any work; None: every request is wanted
 
     async def compress(self, event: ImageRequested) -> None:
+        if self.wanted is not None and (unwanted := await self.wanted.unwanted(event.request_id)):
+            IMAGES.labels("dropped").inc()
+            log.info("image_dropped", index=event.index, reason=unwanted)
+            return
         # A redelivery of work already stored, or a repeated URL whose first occurrence is stored (they
         # share the output): report it again rather than redo it.
         stored = await self.images.info(event.file_id)

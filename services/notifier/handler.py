@@ -1,15 +1,20 @@
 """Tell the uploader their request is done: email with the output CSV, and a signed webhook if they gave one.
 
-Each notification is keyed by the id of the event that asked for it. A channel that already succeeded (or
-finally failed) for that key is not tried again, so a redelivered RequestCompleted sends nothing twice;
-an explicit NotificationRequested has its own id, and so sends the email again. Every attempt is recorded
-on the request.
+Each notification is keyed by the id of the event that asked for it, and each of its channels is claimed
+(a conditional update) before it is sent: of any number of copies of one event running at once, one
+sends and the others wait (`ClaimHeld`: the bus retries them) until it has a result, which they then find
+and skip. A claim lapses (`claim_lease`) after longer than a whole delivery with its retries, so a notifier
+that dies mid-send delays its notification but does not lose it. (A death after the receiver took the
+message but before its result was recorded means it is sent again, with the same Message-ID and
+webhook-id, for the receiver to recognise; a database that fails just then only delays the record.) An explicit NotificationRequested has its own id, and so sends
+the email again. Every attempt is recorded on the request.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import structlog
@@ -18,13 +23,23 @@ from services.notifier.delivery import AttemptRecord, deliver_with_retry
 from services.notifier.mailer import Mailer, attempt_email, build_completion_email
 from services.notifier.webhook import Webhooks
 from shared.bus import HandlerMethods
-from shared.events import NotificationRequested, RequestCompleted
+from shared.errors import ClaimHeld
+from shared.events import Event, NotificationRequested, RequestCompleted
 from shared.links import Links
 from shared.output_csv import output_csv
-from shared.repository import AttemptDoc, RequestDoc, RequestRepository, UnknownRequest
+from shared.repository import AttemptDoc, Claim, RequestDoc, RequestRepository, UnknownRequest
+from shared.retry import MAX_DELAY_S
 from shared.settings import Settings
 
 log = structlog.get_logger()
+
+Notice = RequestCompleted | NotificationRequested
+Send = Callable[[RequestDoc, str, dict[str, Any]], Awaitable[None]]
+
+
+def claim_lease(settings: Settings) -> timedelta:
+    """Longer than the slowest whole delivery: every attempt timing out, with the longest wait between."""
+    return timedelta(seconds=settings.notify_attempts * (settings.notify_timeout + MAX_DELAY_S) + 30)
 
 
 class Notifier:
@@ -36,18 +51,52 @@ class Notifier:
         self.webhooks = webhooks
         self.settings = settings
         self.links = Links(settings.base_url)
+        self.owner = uuid.uuid4().hex  # this notifier's name on the claims it holds
+        self.lease = claim_lease(settings)
+        # Channels this process sent whose result it could not record yet (the database failed just then):
+        # their redelivery records the result instead of sending again.
+        self._unrecorded: dict[tuple[str, str, str], bool] = {}
 
-    async def notify(self, event: RequestCompleted | NotificationRequested) -> None:
+    async def notify(self, event: Notice) -> None:
         request = await self.repo.get(event.request_id, notifications=False)
         if request is None:
             raise UnknownRequest(f"no request {event.request_id}")
         key = event.event_id
-        done: dict[str, str] = request.get("notified", {}).get(key, {})
         summary = self._summary(request)
-        if "email" not in done:
-            await self._email(request, key, summary)
-        if isinstance(event, RequestCompleted) and request.get("webhook_url") and "webhook" not in done:
-            await self._webhook(request, key, summary)
+        held = []
+        for channel, send in self._channels(event, request).items():
+            sent = self._unrecorded.get((request["_id"], key, channel))
+            if sent is not None:
+                await self._mark(request["_id"], key, channel, sent)
+                continue
+            claim = await self.repo.claim_notification(request["_id"], key, channel, self.owner, self.lease)
+            if claim is Claim.CLAIMED:
+                await send(request, key, summary)
+            elif claim is Claim.HELD:
+                held.append(channel)
+        if held:
+            raise ClaimHeld(f"another copy of notification {key} is sending its {' and '.join(held)}")
+
+    async def on_parked(self, event: Event, reason: str) -> None:
+        """Given up on: each channel without a result is marked failed, with the reason, so the request
+        shows what became of its notification."""
+        if not isinstance(event, Notice):
+            return
+        request = await self.repo.get(event.request_id, notifications=False)
+        if request is None:
+            return  # no request, nothing to tell
+        done = request.get("notified", {}).get(event.event_id, {})
+        for channel in self._channels(event, request):
+            if channel not in done:
+                await self._recorder(request["_id"], event.event_id, channel)(given_up(reason))
+                await self._mark(request["_id"], event.event_id, channel, False)
+
+    def _channels(self, event: Notice, request: RequestDoc) -> dict[str, Send]:
+        """The channels this notification goes out on: the email always, the webhook on completion."""
+        channels: dict[str, Send] = {"email": self._email}
+        if isinstance(event, RequestCompleted) and request.get("webhook_url"):
+            channels["webhook"] = self._webhook
+        return channels
 
     async def _email(self, request: RequestDoc, key: str, summary: dict[str, Any]) -> None:
         csv_bytes = b"".join([part async for part in output_csv(self.repo, request, self.links)])
@@ -101,8 +150,22 @@ class Notifier:
         return record
 
     async def _mark(self, request_id: str, key: str, channel: str, ok: bool) -> None:
+        self._unrecorded[(request_id, key, channel)] = ok
         await self.repo.mark_notified(request_id, key, channel, ok)
+        del self._unrecorded[(request_id, key, channel)]
         log.info("notification_finished", channel=channel, ok=ok, notification_id=key)
+
+
+def given_up(reason: str) -> AttemptRecord:
+    return AttemptRecord(
+        attempt=0,
+        started_at=datetime.now(UTC),
+        outcome="permanent",
+        status=None,
+        detail=f"not sent: {reason}"[:500],
+        duration_s=0.0,
+        next_delay_s=None,
+    )
 
 
 # Which handler takes which event: the notifier's subscriptions.

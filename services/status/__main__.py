@@ -12,7 +12,7 @@ from shared.runtime import Runtime, run_service
 async def start(rt: Runtime) -> None:
     projection = StatusProjection(rt.repo, rt.bus)
     rt.spawn(projection.sweep_forever(), "completion-sweeper")
-    await rt.bus.subscribe("status", bind(ROUTES, projection), prefetch=32)
+    await rt.bus.subscribe("status", bind(ROUTES, projection), prefetch=32, on_parked=projection.on_parked)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ is acknowledged only after the batch holding its outcome has been recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from shared.bus import HandlerMethods, Publisher
-from shared.events import ImageCompressed, ImageFailed, RequestCompleted
-from shared.repository import OutcomeDoc, OutcomeStatus, RequestRepository
+from shared.events import Event, ImageCompressed, ImageFailed, RequestCompleted
+from shared.repository import OutcomeDoc, OutcomeStatus, RequestRepository, UnknownRequest
 
 log = structlog.get_logger()
 
@@ -71,6 +72,27 @@ class StatusProjection:
         finally:
             self._recording.discard(request_id)
 
+    async def on_parked(self, event: Event, reason: str) -> None:
+        """An outcome given up on still counts, or its request would never complete: the image is recorded
+        FAILED with the reason (if it has no outcome yet). A request that does not exist has nothing to
+        complete."""
+        if not isinstance(event, Outcome):
+            return
+        why = (
+            event.reason
+            if isinstance(event, ImageFailed)
+            else "compressed, but its outcome could not be recorded"
+        )
+        failed = _outcome(event, failure=f"{why} ({reason})"[:500])
+        try:
+            completed = await self.repo.record_outcomes(event.request_id, [failed])
+        except UnknownRequest:
+            log.warning("outcome_of_unknown_request_dropped", index=event.index)
+            return
+        if completed:
+            with contextlib.suppress(Exception):  # recorded as pending: the sweeper publishes it
+                await self.publish_completion(event.request_id)
+
     async def publish_completion(self, request_id: str) -> None:
         request = await self.repo.completion_to_publish(request_id)
         if request is None:
@@ -106,7 +128,8 @@ class StatusProjection:
             await asyncio.sleep(interval)
 
 
-def _outcome(event: Outcome) -> OutcomeDoc:
+def _outcome(event: Outcome, failure: str | None = None) -> OutcomeDoc:
+    """The image's outcome as the event reports it; FAILED with `failure` as the reason, if given."""
     outcome = OutcomeDoc(
         request_id=event.request_id,
         index=event.index,
@@ -114,8 +137,8 @@ def _outcome(event: Outcome) -> OutcomeDoc:
         status=OutcomeStatus.FAILED,
         at=datetime.now(UTC),
     )
-    if isinstance(event, ImageFailed):
-        outcome["reason"] = event.reason
+    if failure is not None or isinstance(event, ImageFailed):
+        outcome["reason"] = failure if failure is not None else getattr(event, "reason", "")
         return outcome
     outcome["status"] = OutcomeStatus.COMPRESSED
     outcome["file_id"] = event.file_id

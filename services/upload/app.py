@@ -16,6 +16,7 @@ from fastapi_offline import FastAPIOffline
 from services.upload.csv_input import CsvLimits
 from services.upload.deps import Gateway
 from services.upload.errors import install_error_handlers
+from services.upload.intake import settle_abandoned_uploads_forever
 from services.upload.middleware import AccessLog, BodyLimit, BodySizeLimit
 from services.upload.openapi import DESCRIPTION, install_openapi
 from services.upload.relay import OutboxRelay
@@ -59,4 +60,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def _connect_then_relay(runtime: Runtime, relay: OutboxRelay) -> None:
     if await runtime.connect():
+        runtime.spawn(settle_abandoned_uploads_forever(runtime.repo), "upload-janitor")
         await relay.run_forever()

@@ -14,7 +14,7 @@ from services.upload.csv_input import CsvLimits
 from services.upload.errors import ApiError
 from services.upload.relay import OutboxRelay
 from services.upload.status_view import ShortLivedCache
-from shared.repository import REQUEST_ID_PATTERN, RequestDoc
+from shared.repository import REQUEST_ID_PATTERN, RequestDoc, RequestStatus
 from shared.runtime import Runtime
 
 
@@ -33,7 +33,7 @@ class Gateway:
             if REQUEST_ID_PATTERN.match(request_id)
             else None
         )
-        if found is None:
+        if found is None or found["status"] == RequestStatus.RECEIVING:  # not accepted (yet)
             raise ApiError(404, f"unknown request_id {request_id!r}")
         return found
 

@@ -1,23 +1,44 @@
 """Accepting an upload: check the form, then validate the CSV while storing it, request document last.
 
 Nothing is visible (or published) unless the whole file is valid and stored: the rows are written as they
-are validated, and the request document, which the outbox relay and the status endpoint look for, comes
-only at the end. A rejected file's rows are deleted.
+are validated, then the request document (RECEIVING: invisible, unpublished), and accepting it is the one
+final step. A rejected file's rows are deleted.
+
+An upload's outcome is certain before the client hears it. A failure before the accept was sent means
+not accepted (the leftovers are invisible, and removed). But an accept reported as failed may still have
+landed, so `accept_upload` then finds out: accepted after all (202), or removed in a way that no late
+accept can undo (503). Only if the database stays silent for SETTLE_WITHIN_S is the answer "not known
+yet" (`OutcomeUnknown`); the janitor then settles it (as not accepted, unless the accept had landed)
+within ABANDONED_AFTER.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from email_validator import EmailNotValidError, validate_email
 from starlette.datastructures import UploadFile
 
 from services.upload.csv_input import CsvLimits, CsvReader
 from services.upload.errors import problem
+from shared.mongo import StorageError, StorageUnavailable
 from shared.netguard import BlockedAddressError, check_host_literal
 from shared.repository import ROWS_PER_CHUNK, RequestDoc, RequestRepository, RowDoc, Upload
+from shared.retry import backoff_delay
+
+log = structlog.get_logger()
+
+SETTLE_WITHIN_S = 20.0  # how long a failed upload waits for the database to say what became of it
+ABANDONED_AFTER = timedelta(minutes=10)  # a request still RECEIVING this long is settled by the janitor
+JANITOR_INTERVAL_S = 60.0
+
+
+class OutcomeUnknown(Exception):
+    """The accept step failed, and the database did not say within SETTLE_WITHIN_S whether it landed."""
 
 
 def form_problems(
@@ -76,7 +97,8 @@ async def store_request(
     email: str,
     webhook_url: str | None,
 ) -> RequestDoc:
-    """Raises CsvRejected (invalid file) or StorageError (storage down); the caller then discards it."""
+    """Raises CsvRejected (invalid file), StorageError (certainly not accepted; the caller discards what
+    was stored) or OutcomeUnknown."""
     reader = CsvReader(file.file, limits)
     chunks = reader.chunks(ROWS_PER_CHUNK)
     chunk_no = images = products = 0
@@ -106,4 +128,51 @@ async def store_request(
         total_images=images,
         row_chunks=chunk_no,
     )
-    return await repo.create_request(request_id, upload)
+    await repo.create_request(request_id, upload)
+    return await accept_upload(repo, request_id)
+
+
+async def accept_upload(repo: RequestRepository, request_id: str) -> RequestDoc:
+    """The final step: the accepted request. If it fails, whether it landed is settled before returning
+    (the request, accepted after all) or raising (StorageError: certainly not; OutcomeUnknown)."""
+    try:
+        accepted = await repo.accept_request(request_id)
+    except StorageError as exc:
+        log.error("upload_accept_failed_settling", error=str(exc)[:200])
+        accepted = await settle_failed_upload(repo, request_id)
+        if accepted is not None:
+            log.warning("upload_accepted_after_all")
+    if accepted is None:
+        raise StorageError("the upload was not accepted: the database failed while accepting it")
+    return accepted
+
+
+async def settle_failed_upload(repo: RequestRepository, request_id: str) -> RequestDoc | None:
+    """After a failed accept: the request if it was accepted after all, None if it certainly was not (and
+    never will be). Raises OutcomeUnknown if the database does not say within SETTLE_WITHIN_S."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_WITHIN_S
+    failures = 0
+    while True:
+        try:
+            if await repo.settle_upload(request_id):
+                return await repo.get(request_id, notifications=False)
+            return None
+        except StorageUnavailable as exc:
+            delay = backoff_delay(failures, base=0.25, max_delay=2.0)
+            if loop.time() + delay > deadline:
+                raise OutcomeUnknown(str(exc)) from exc
+            failures += 1
+            await asyncio.sleep(delay)
+
+
+async def settle_abandoned_uploads_forever(repo: RequestRepository) -> None:
+    """The janitor: uploads left RECEIVING (their gateway died, or lost the database while settling)."""
+    while True:
+        try:
+            async for request_id in repo.abandoned_uploads(ABANDONED_AFTER):
+                accepted = await repo.settle_upload(request_id)
+                log.warning("abandoned_upload_settled", request_id=request_id, accepted=accepted)
+        except StorageError as exc:  # an outage: next round
+            log.warning("abandoned_uploads_unsettled", error=str(exc)[:200])
+        await asyncio.sleep(JANITOR_INTERVAL_S)

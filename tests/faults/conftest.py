@@ -23,6 +23,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from localrun.samples import photo
+from localrun.supervisor import SERVICES
 from shared.bus import Topology
 from shared.events import RequestCompleted
 from shared.mongo import Doc, Mongo, connect_mongo
@@ -175,16 +176,20 @@ StackFactory = Callable[..., Awaitable[Stack]]
 
 @pytest.fixture
 async def start(secantus: str, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[StackFactory]:
-    """`await start(compressors=2, mongo_url=None, **settings)`: a whole stack of its own, torn down after."""
+    """`await start(compressors=2, mongo_url=None, services=SERVICES, **settings)`: a whole stack of its
+    own (or the `services` named), torn down after."""
     stacks: list[Stack] = []
 
     async def start_fault_stack(
-        compressors: int = 2, mongo_url: str | None = None, **overrides: Any
+        compressors: int = 2,
+        mongo_url: str | None = None,
+        services: tuple[str, ...] = SERVICES,
+        **overrides: Any,
     ) -> Stack:
         log_dir = tmp_path / f"stack{len(stacks)}"
         log_dir.mkdir()
         settings = make_settings(mongo_url or secantus, log_dir, **overrides)
-        stack = await start_stack(settings, log_dir, compressors=compressors)
+        stack = await start_stack(settings, log_dir, compressors=compressors, services=services)
         stacks.append(stack)
         return stack
 
@@ -228,7 +233,7 @@ async def wait_completed(stack: Stack, mongo: Mongo, request_id: str, timeout: f
         stack.supervisor.poll()
         try:
             return (await stack.status(request_id))["status"] == "COMPLETED"
-        except httpx.TransportError:
+        except (httpx.TransportError, AssertionError):  # restarting, or answering 503 in an outage
             return False
 
     try:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
+import aio_pika
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from services.upload import intake
 from services.upload.app import create_app
-from shared.mongo import Mongo
+from shared.events import NotificationRequested
+from shared.mongo import Mongo, StorageUnavailable
+from shared.repository import MongoRequestRepository, OutcomeDoc, OutcomeStatus, RequestDoc, RowDoc
 from shared.settings import Settings
 from shared.webhooks import signed_headers
+from tests.fakes import an_upload
 
 GOOD_CSV = 'S. No.,Product Name,Input Image Urls\n1,SKU1,"https://img.example.com/a.jpg, https://img.example.com/b.jpg"\n'
 
@@ -258,3 +264,90 @@ async def test_an_internationalised_domain_is_accepted_and_stored_as_it_is_sent(
     assert response.status_code == 202, response.text
     doc = await mongo.requests.find_one({"_id": response.json()["request_id"]})
     assert doc is not None and doc["email"] == "buyer@xn--bcher-kva.example"  # plain ASCII in the headers
+
+
+async def api_with_faulty_accept(
+    settings: Settings, lands: bool, settles: bool = True
+) -> AsyncIterator[tuple[httpx.AsyncClient, MongoRequestRepository]]:
+    """The API, whose accept step fails: after its write landed (the reply was lost) or before."""
+    app = create_app(settings)
+    repo: MongoRequestRepository = app.state.gateway.runtime.repo
+    accept, settle = repo.accept_request, repo.settle_upload
+
+    async def faulty_accept(request_id: str) -> RequestDoc | None:
+        if lands:
+            await accept(request_id)
+        raise StorageUnavailable("NetworkTimeout: no reply")
+
+    async def silent_settle(request_id: str) -> bool:
+        raise StorageUnavailable("ServerSelectionTimeoutError: no server")
+
+    repo.accept_request = faulty_accept  # type: ignore[method-assign]
+    repo.settle_upload = settle if settles else silent_settle  # type: ignore[method-assign]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client, repo
+
+
+async def test_an_upload_whose_accept_landed_but_lost_its_reply_is_accepted(
+    settings: Settings, mongo: Mongo
+) -> None:
+    async for api, _ in api_with_faulty_accept(settings, lands=True):
+        response = await post_csv(api, GOOD_CSV)
+        assert response.status_code == 202, response.text
+        status = await api.get(f"/status/{response.json()['request_id']}")
+        assert status.status_code == 200 and status.json()["status"] == "PENDING"
+
+
+async def test_an_upload_whose_accept_failed_is_refused_for_certain(settings: Settings, mongo: Mongo) -> None:
+    async for api, repo in api_with_faulty_accept(settings, lands=False):
+        response = await post_csv(api, GOOD_CSV)
+        assert response.status_code == 503 and "nothing was accepted" in response.text
+        (request_id,) = [doc["_id"] async for doc in mongo.rows.find({}, projection={"request_id": 1})] or [
+            None
+        ]
+        assert request_id is None, "its rows are removed"
+        assert await mongo.requests.count_documents({}) == 0
+        assert [r async for r in repo.outbox_pending()] == []
+
+
+async def test_an_upload_the_database_will_not_settle_says_its_outcome_is_not_known(
+    settings: Settings, mongo: Mongo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(intake, "SETTLE_WITHIN_S", 0.5)
+    async for api, _ in api_with_faulty_accept(settings, lands=False, settles=False):
+        response = await post_csv(api, GOOD_CSV)
+        assert response.status_code == 503
+        (doc,) = [d async for d in mongo.requests.find({})]
+        assert doc["status"] == "RECEIVING", "invisible: never published, 404 on status"
+        assert doc["_id"] in response.json()["error"] and "did not confirm" in response.json()["error"]
+        assert (await api.get(f"/status/{doc['_id']}")).status_code == 404
+
+
+async def test_a_re_send_no_queue_takes_answers_503_and_can_be_retried_at_once(
+    api: httpx.AsyncClient, settings: Settings, mongo: Mongo
+) -> None:
+    repo = MongoRequestRepository(mongo)
+    await repo.add_rows("r" * 22, 0, 0, [RowDoc(serial="1", name="A", urls=["http://o/a"], cells=[])])
+    await repo.create_request("r" * 22, an_upload())
+    await repo.accept_request("r" * 22)
+    outcome = OutcomeDoc(
+        request_id="r" * 22, index=0, url="http://o/a", status=OutcomeStatus.FAILED, at=datetime.now(UTC)
+    )
+    assert await repo.record_outcomes("r" * 22, [outcome])  # COMPLETED
+
+    # No notifier has declared its queue under this prefix: the broker returns the NotificationRequested.
+    for _ in range(2):  # not a 429: the re-send was never queued, so its claim was given back
+        response = await api.post(f"/webhook-completed?request_id={'r' * 22}")
+        assert response.status_code == 503, response.text
+
+    exchange = f"{settings.bus_prefix}.events"
+    async with await aio_pika.connect(settings.amqp_url) as connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{settings.bus_prefix}.spy.renotify", exclusive=True)
+        await queue.bind(exchange, routing_key=NotificationRequested.routing_key)
+        response = await api.post(f"/webhook-completed?request_id={'r' * 22}")
+        assert response.status_code == 202, response.text
+        message = await queue.get(timeout=5)
+        assert NotificationRequested.model_validate_json(message.body).request_id == "r" * 22

@@ -10,9 +10,10 @@ from services.compressor import handler
 from services.compressor.fetch import FetchError
 from services.compressor.handler import Compressor
 from services.compressor.hosts import HostLimiter, origin_of
+from services.compressor.wanted import WantedRequests
 from shared.events import ImageCompressed, ImageFailed, ImageRequested
 from shared.files import ImageMeta
-from shared.repository import OutcomeDoc, OutcomeStatus
+from shared.repository import OutcomeDoc, OutcomeStatus, RequestStatus
 from tests.fakes import FakeFetcher, FakeImageStore, FakeRequestRepository, HalvingCodec, RecordingPublisher
 
 URL = "https://img.example.com/a.jpg"
@@ -142,3 +143,40 @@ async def test_a_parked_request_still_gets_an_outcome(compressor: Compressor) ->
     await compressor.on_parked(requested(), "gave up after 3 attempts: boom")
     (event,) = compressor.publisher.events  # type: ignore[attr-defined]
     assert isinstance(event, ImageFailed) and event.reason == "gave up after 3 attempts: boom"
+
+
+class Statuses:
+    def __init__(self, **statuses: RequestStatus) -> None:
+        self.statuses: dict[str, RequestStatus] = dict(statuses)
+        self.reads = 0
+
+    async def status_of(self, request_id: str) -> RequestStatus | None:
+        self.reads += 1
+        return self.statuses.get(request_id)
+
+
+async def test_work_for_a_request_that_is_gone_is_dropped_before_fetching(compressor: Compressor) -> None:
+    compressor.wanted = WantedRequests(Statuses())
+    await compressor.compress(requested())
+    assert (compressor.fetcher.fetched, compressor.publisher.events) == ([], [])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("status", "wanted"),
+    [(RequestStatus.PENDING, True), (RequestStatus.COMPLETED, False), (RequestStatus.RECEIVING, False)],
+)
+async def test_only_a_pending_request_wants_its_images(status: RequestStatus, wanted: bool) -> None:
+    assert (await WantedRequests(Statuses(r1=status)).unwanted("r1") is None) is wanted
+
+
+async def test_the_answer_is_cached_for_a_few_seconds_per_request() -> None:
+    now = [0.0]
+    statuses = Statuses(r1=RequestStatus.PENDING)
+    wanted = WantedRequests(statuses, ttl=5.0, clock=lambda: now[0])
+    for _ in range(100):
+        assert await wanted.unwanted("r1") is None
+    assert statuses.reads == 1
+    del statuses.statuses["r1"]  # removed: noticed once the answer is older than the TTL
+    now[0] = 5.1
+    assert "does not exist" in (await wanted.unwanted("r1") or "")
+    assert statuses.reads == 2

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
+from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from services.notifier.handler import Notifier
+from shared.errors import ClaimHeld
 from shared.events import NotificationRequested, RequestCompleted
-from shared.repository import RowDoc, Upload
+from shared.mongo import StorageUnavailable
+from shared.repository import Claim, RowDoc, Upload
 from shared.settings import Settings
 from tests.fakes import FakeRequestRepository, RecordingMailer, RecordingWebhooks
 
@@ -25,6 +33,7 @@ async def notifier(tmp_path: Path, webhook_url: str | None = "https://hooks.exam
         row_chunks=1,
     )
     await repo.create_request("r1", upload)
+    await repo.accept_request("r1")
     settings = Settings(data_dir=tmp_path, notify_attempts=2, notify_backoff=0.0)
     return Notifier(repo, RecordingMailer(), RecordingWebhooks(), settings)
 
@@ -63,3 +72,66 @@ async def test_no_webhook_without_a_url(tmp_path: Path) -> None:
     n = await notifier(tmp_path, webhook_url=None)
     await n.notify(completed())
     assert (len(n.mailer.sent), len(n.webhooks.posted)) == (1, 0)  # type: ignore[attr-defined]
+
+
+class SlowMailer(RecordingMailer):
+    async def send(self, msg: EmailMessage) -> None:
+        await asyncio.sleep(0.05)  # the other copies arrive while this one is sending
+        await super().send(msg)
+
+
+async def test_concurrent_copies_of_one_completion_send_once_and_the_others_wait(tmp_path: Path) -> None:
+    n = await notifier(tmp_path)
+    n.mailer = SlowMailer()
+    copies = await asyncio.gather(*(n.notify(completed()) for _ in range(20)), return_exceptions=True)
+    waited = [c for c in copies if c is not None]
+    assert (len(n.mailer.sent), len(n.webhooks.posted)) == (1, 1)  # type: ignore[attr-defined]
+    assert len(waited) == 19 and all(isinstance(c, ClaimHeld) for c in waited), waited
+    # Retried by the bus once the sender is done: the results are there, nothing more is sent.
+    await asyncio.gather(*(n.notify(completed()) for _ in range(19)))
+    assert (len(n.mailer.sent), len(n.webhooks.posted)) == (1, 1)  # type: ignore[attr-defined]
+
+
+async def test_a_claim_whose_holder_died_lapses_and_the_notification_still_goes_out(tmp_path: Path) -> None:
+    n = await notifier(tmp_path)
+    lapsed = timedelta(seconds=-1)  # claimed, then the claimant died: its lease has run out
+    assert await n.repo.claim_notification("r1", "done-1", "email", "dead", lapsed) is Claim.CLAIMED
+    await n.notify(completed())
+    assert (len(n.mailer.sent), len(n.webhooks.posted)) == (1, 1)  # type: ignore[attr-defined]
+
+
+async def test_a_live_claim_makes_a_copy_wait_instead_of_sending(tmp_path: Path) -> None:
+    n = await notifier(tmp_path)
+    await n.repo.claim_notification("r1", "done-1", "email", "other", timedelta(minutes=5))
+    with pytest.raises(ClaimHeld, match="email"):
+        await n.notify(completed())
+    assert (len(n.mailer.sent), len(n.webhooks.posted)) == (0, 1)  # type: ignore[attr-defined]
+
+
+async def test_a_parked_completion_marks_its_unsent_channels_failed_with_the_reason(tmp_path: Path) -> None:
+    n = await notifier(tmp_path)
+    await n.on_parked(completed(), "gave up after 4 attempts: boom")
+    request = n.repo.requests["r1"]  # type: ignore[attr-defined]
+    assert request["notified"] == {"done-1": {"email": "failed", "webhook": "failed"}}
+    assert all("boom" in a["detail"] for a in request["notifications"])
+    assert (len(n.mailer.sent), len(n.webhooks.posted)) == (0, 0)  # type: ignore[attr-defined]
+
+
+async def test_a_result_the_database_failed_to_record_is_recorded_on_redelivery_not_sent_again(
+    tmp_path: Path,
+) -> None:
+    n = await notifier(tmp_path, webhook_url=None)
+    mark = n.repo.mark_notified
+    failures = [StorageUnavailable("NetworkTimeout: no reply")]
+
+    async def flaky_mark(*args: Any, **kwargs: Any) -> None:
+        if failures:
+            raise failures.pop()
+        await mark(*args, **kwargs)
+
+    n.repo.mark_notified = flaky_mark  # type: ignore[method-assign]
+    with pytest.raises(StorageUnavailable):
+        await n.notify(completed())  # sent, but its result not recorded: the bus retries it
+    await n.notify(completed())
+    assert len(n.mailer.sent) == 1  # type: ignore[attr-defined]
+    assert n.repo.requests["r1"]["notified"] == {"done-1": {"email": "sent"}}  # type: ignore[attr-defined]

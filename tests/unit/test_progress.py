@@ -43,6 +43,7 @@ async def stored_request(repo: FakeRequestRepository, rows: int, urls_per_row: i
         row_chunks=1,
     )
     await repo.create_request("req-1", upload)
+    await repo.accept_request("req-1")
     return "req-1"
 
 

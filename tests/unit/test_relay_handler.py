@@ -27,6 +27,7 @@ async def accepted(repo: FakeRequestRepository, request_id: str, chunks: list[li
         row_chunks=len(chunks),
     )
     await repo.create_request(request_id, upload)
+    await repo.accept_request(request_id)
 
 
 def published(publisher: RecordingPublisher) -> list[tuple[str, int, str]]:

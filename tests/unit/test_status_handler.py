@@ -19,6 +19,7 @@ async def projection_with(total: int) -> StatusProjection:
         email="a@b.c", webhook_url=None, columns=[], total_products=1, total_images=total, row_chunks=1
     )
     await repo.create_request("r1", upload)
+    await repo.accept_request("r1")
     return StatusProjection(repo, RecordingPublisher())
 
 
@@ -76,3 +77,24 @@ async def test_an_outcome_of_an_unknown_request_raises_for_a_retry() -> None:
     projection = StatusProjection(FakeRequestRepository(), RecordingPublisher())
     with pytest.raises(UnknownRequest):
         await projection.record(compressed(0))
+
+
+async def test_a_parked_outcome_still_counts_as_a_failure_so_the_request_completes() -> None:
+    projection = await projection_with(total=2)
+    await projection.record(compressed(0))
+    await projection.on_parked(compressed(1), "gave up after 3 attempts: boom")
+    request = projection.repo.requests["r1"]  # type: ignore[attr-defined]
+    assert (request["status"], request["no_img_compressed"], request["no_img_failed"]) == (
+        RequestStatus.COMPLETED,
+        1,
+        1,
+    )
+    assert "boom" in request["failures"][0]["reason"]
+    (event,) = projection.publisher.events  # type: ignore[attr-defined]
+    assert isinstance(event, RequestCompleted)
+
+
+async def test_a_parked_outcome_of_an_unknown_request_is_dropped() -> None:
+    projection = await projection_with(total=1)
+    await projection.on_parked(failed(0).model_copy(update={"request_id": "gone"}), "UnknownRequest")
+    assert projection.publisher.events == []  # type: ignore[attr-defined]

@@ -57,7 +57,8 @@ async def webhook_completed(request: Request, gateway: GatewayDep) -> dict[str, 
         )
     try:
         await gateway.runtime.bus.publish(NotificationRequested(request_id=request_id))
-    except Exception:
+    except Exception:  # not confirmed (down, refused, returned unroutable, not connected yet): not queued
+        await gateway.runtime.repo.release_renotify(request_id)  # so the retry we ask for is not a 429
         raise ApiError(503, "the message broker is unavailable; try again shortly") from None
     log.info("renotify_requested", request_id=request_id)
     return {"request_id": request_id, "notification": "queued"}

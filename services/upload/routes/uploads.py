@@ -11,7 +11,14 @@ from starlette.datastructures import UploadFile
 from services.upload.csv_input import CsvRejected
 from services.upload.deps import ApiKey, GatewayDep
 from services.upload.errors import ApiError, problem
-from services.upload.intake import ascii_address, form_problems, store_request
+from services.upload.intake import (
+    ABANDONED_AFTER,
+    JANITOR_INTERVAL_S,
+    OutcomeUnknown,
+    ascii_address,
+    form_problems,
+    store_request,
+)
 from services.upload.openapi import UploadAccepted, UploadForm, errors, multipart_body
 from shared.mongo import StorageError
 from shared.repository import new_request_id
@@ -19,6 +26,8 @@ from shared.repository import new_request_id
 log = structlog.get_logger()
 router = APIRouter(tags=["uploads"])
 
+# The janitor (intake.py) settles an upload left RECEIVING within this long.
+SETTLED_WITHIN_MIN = int((ABANDONED_AFTER.total_seconds() + JANITOR_INTERVAL_S) // 60) + 1
 UPLOADS = Counter("imagepipe_upload_requests_total", "Upload attempts, by outcome", ["outcome"])
 
 
@@ -64,6 +73,14 @@ async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
         await repo.discard(request_id)
         problems = [p.to_dict() for p in exc.problems]
         raise ApiError(exc.status_code, f"{exc}; nothing was queued", problems) from None
+    except OutcomeUnknown:
+        UPLOADS.labels("unknown").inc()
+        raise ApiError(
+            503,
+            f"storage is unavailable and did not confirm whether request {request_id} was accepted: "
+            f"GET /status/{request_id} says within {SETTLED_WITHIN_MIN} minutes "
+            "(404: it was not) before you upload it again",
+        ) from None
     except StorageError as exc:
         UPLOADS.labels("unavailable").inc()
         log.error("upload_storage_failed", error=str(exc)[:200])
