@@ -25,7 +25,7 @@ test: $(STAMP) chromium  ## lint, types, and every test (fault tests included)
 	-@$(MAKE) --no-print-directory devtools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy shared services localrun tools cli
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 3
 
 devtools: $(PROMTOOL) $(ASYNCAPI_SCHEMA)
 
@@ -59,7 +59,7 @@ chromium:
 	fi
 
 test-faults: $(STAMP)
-	$(VENV)/bin/pytest -q -m faults
+	$(VENV)/bin/pytest -q -n 3 -m faults
 
 bench: $(STAMP)
 	$(PY) -m bench

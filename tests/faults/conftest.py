@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 import aio_pika
 import httpx
 import pytest
-from pymongo import AsyncMongoClient
 
 from localrun.samples import photo
 from localrun.supervisor import SERVICES
@@ -200,11 +199,9 @@ async def start(secantus: str, tmp_path: Path, request: pytest.FixtureRequest) -
             assert stack.supervisor.log_dir is not None
             print(service_logs(stack.supervisor.log_dir))
         await delete_topology(stack.settings)
-        client: AsyncMongoClient[Doc] = AsyncMongoClient(
-            stack.settings.mongo_url, serverSelectionTimeoutMS=5000
-        )
-        await client.drop_database(stack.settings.mongo_db)
-        await client.close()
+        mongo = connect_mongo(stack.settings)
+        await mongo.drop()
+        await mongo.close()
 
 
 @pytest.fixture

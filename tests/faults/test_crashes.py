@@ -151,7 +151,7 @@ async def test_the_open_transaction_of_a_killed_status_instance_is_aborted_by_a_
         if child.returncode is None:
             child.kill()
             await child.wait()
-        await mongo.client.drop_database(settings.mongo_db)
+        await mongo.drop()
         await mongo.close()
 
 
