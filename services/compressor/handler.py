@@ -17,6 +17,7 @@ from services.compressor.fetch import FetchError
 from shared.bus import HandlerMethods, Publisher
 from shared.events import Event, ImageCompressed, ImageFailed, ImageRequested
 from shared.files import ImageMeta, ImageStore
+from shared.image_options import ImageOptions
 
 log = structlog.get_logger()
 
@@ -30,7 +31,9 @@ class Fetcher(Protocol):
 
 
 class Codec(Protocol):
-    async def compress(self, data: bytes, quality: int, max_pixels: int) -> CompressedImage: ...
+    async def compress(
+        self, data: bytes, quality: int, max_pixels: int, options: ImageOptions
+    ) -> CompressedImage: ...
 
 
 class CodecPool:
@@ -51,10 +54,14 @@ class CodecPool:
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._pool, int) for _ in range(self._workers)))
 
-    async def compress(self, data: bytes, quality: int, max_pixels: int) -> CompressedImage:
+    async def compress(
+        self, data: bytes, quality: int, max_pixels: int, options: ImageOptions
+    ) -> CompressedImage:
         pool = self._pool
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, compress, data, quality, max_pixels)
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, compress, data, quality, max_pixels, options
+            )
         except BrokenProcessPool:
             if self._pool is pool:
                 log.error("codec_pool_broken_replacing")
@@ -76,13 +83,11 @@ class Compressor:
     max_pixels: int
 
     async def compress(self, event: ImageRequested) -> None:
-        # A redelivery of work already stored: report it again rather than redo it.
+        # A redelivery of work already stored: report it again rather than redo it. The file id is derived
+        # from the request, the image and its options, so what is found was made as this event asks.
         stored = await self.images.info(event.file_id)
         if stored is not None:
-            meta = stored.meta
-            await self._compressed(
-                event, meta["contentType"], meta["input_bytes"], stored.length, meta["kept_original"]
-            )
+            await self._compressed(event, stored.meta, stored.length)
             return
 
         with SECONDS.labels("fetch").time():
@@ -95,40 +100,34 @@ class Compressor:
                 return
         with SECONDS.labels("codec").time():
             try:
-                image = await self.codec.compress(original, self.quality, self.max_pixels)
+                image = await self.codec.compress(original, self.quality, self.max_pixels, event.options)
             except ImageRejected as exc:
                 await self._failed(event, exc.reason)
                 return
+        meta = ImageMeta(
+            contentType=image.content_type,
+            request_id=event.request_id,
+            index=event.index,
+            input_bytes=len(original),
+            kept_original=image.kept_original,
+            width=image.width,
+            height=image.height,
+            quality=image.quality,
+            score=image.score,
+        )
         with SECONDS.labels("store").time():
-            await self.images.put(
-                event.file_id,
-                image.data,
-                filename=event.url.rsplit("/", 1)[-1][:200] or "image",
-                meta=ImageMeta(
-                    contentType=image.content_type,
-                    request_id=event.request_id,
-                    index=event.index,
-                    input_bytes=len(original),
-                    kept_original=image.kept_original,
-                ),
-            )
+            name = event.url.rsplit("/", 1)[-1][:200] or "image"
+            await self.images.put(event.file_id, image.data, filename=name, meta=meta)
         BYTES.labels("in").inc(len(original))
         BYTES.labels("out").inc(len(image.data))
-        await self._compressed(event, image.content_type, len(original), len(image.data), image.kept_original)
+        await self._compressed(event, meta, len(image.data))
 
     async def on_parked(self, event: Event, reason: str) -> None:
         """Every retry failed: the image still needs an outcome, or its request would never complete."""
         if isinstance(event, ImageRequested):
             await self._failed(event, reason)
 
-    async def _compressed(
-        self,
-        event: ImageRequested,
-        content_type: str,
-        input_bytes: int,
-        output_bytes: int,
-        kept_original: bool,
-    ) -> None:
+    async def _compressed(self, event: ImageRequested, meta: ImageMeta, output_bytes: int) -> None:
         IMAGES.labels("compressed").inc()
         await self.publisher.publish(
             ImageCompressed(
@@ -136,13 +135,19 @@ class Compressor:
                 index=event.index,
                 url=event.url,
                 file_id=event.file_id,
-                content_type=content_type,
-                input_bytes=input_bytes,
+                content_type=meta["contentType"],
+                input_bytes=meta["input_bytes"],
                 output_bytes=output_bytes,
-                kept_original=kept_original,
+                kept_original=meta["kept_original"],
+                width=meta.get("width"),
+                height=meta.get("height"),
+                quality=meta.get("quality"),
+                score=meta.get("score"),
             )
         )
-        log.info("image_compressed", index=event.index, input_bytes=input_bytes, output_bytes=output_bytes)
+        log.info(
+            "image_compressed", index=event.index, input_bytes=meta["input_bytes"], output_bytes=output_bytes
+        )
 
     async def _failed(self, event: ImageRequested, reason: str) -> None:
         IMAGES.labels("failed").inc()

@@ -8,6 +8,7 @@ only at the end. A rejected file's rows are deleted.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,6 +17,7 @@ from starlette.datastructures import UploadFile
 
 from services.upload.csv_input import CsvLimits, CsvReader
 from services.upload.errors import problem
+from shared.image_options import FIELDS, ImageOptions, InvalidImageOptions, parse_image_options
 from shared.netguard import BlockedAddressError, check_host_literal
 from shared.repository import ROWS_PER_CHUNK, RequestDoc, RequestRepository, RowDoc, Upload
 
@@ -42,6 +44,18 @@ def form_problems(
     return problems
 
 
+def options_from_form(
+    form: Mapping[str, object], query: Mapping[str, str]
+) -> tuple[ImageOptions, list[dict[str, Any]]]:
+    """The image options (form fields, or query parameters like `email`), or the problems, each naming
+    its field. Values that are not text (a file sent as `quality`) are problems too."""
+    values = {name: form.get(name, query.get(name)) for name in FIELDS}
+    try:
+        return parse_image_options(values), []
+    except InvalidImageOptions as exc:
+        return ImageOptions(), [problem(reason, field=field) for field, reason in exc.problems]
+
+
 def webhook_url_problem(url: str, *, allow_private: bool) -> str | None:
     """Syntax, plus a refused address written as a literal; names are checked again at delivery time."""
     try:
@@ -66,6 +80,7 @@ async def store_request(
     file: UploadFile,
     email: str,
     webhook_url: str | None,
+    options: ImageOptions | None = None,
 ) -> RequestDoc:
     """Raises CsvRejected (invalid file) or StorageError (storage down); the caller then discards it."""
     reader = CsvReader(file.file, limits)
@@ -89,4 +104,6 @@ async def store_request(
         total_images=images,
         row_chunks=chunk_no,
     )
+    if options is not None and not options.is_default():
+        upload["options"] = options.stored()
     return await repo.create_request(request_id, upload)

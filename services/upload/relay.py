@@ -22,6 +22,7 @@ from prometheus_client import Counter
 from shared.bus import Publisher
 from shared.events import ImageRequested
 from shared.files import output_file_id
+from shared.image_options import ImageOptions
 from shared.repository import RequestDoc, RequestRepository, RowChunkDoc
 
 log = structlog.get_logger()
@@ -97,7 +98,7 @@ class OutboxRelay:
                 log.error("outbox_request_without_rows_dropped", chunk=chunk_no)
                 await self.repo.finish_outbox(request_id, published=False)
                 return
-            events = _image_requests(chunk)
+            events = _image_requests(chunk, ImageOptions.from_stored(request.get("options")))
             await self.publisher.publish_many(events)
             PUBLISHED.inc(len(events))
             await self.repo.record_published(request_id, self.owner, chunk_no + 1, LEASE)
@@ -105,15 +106,14 @@ class OutboxRelay:
         log.info("request_published", images=request["total_images"])
 
 
-def _image_requests(chunk: RowChunkDoc) -> list[ImageRequested]:
+def _image_requests(chunk: RowChunkDoc, options: ImageOptions) -> list[ImageRequested]:
     request_id, index = chunk["request_id"], chunk["first_image"]
     events = []
     for row in chunk["rows"]:
         for url in row["urls"]:
+            file_id = output_file_id(request_id, index, options)
             events.append(
-                ImageRequested(
-                    request_id=request_id, index=index, url=url, file_id=output_file_id(request_id, index)
-                )
+                ImageRequested(request_id=request_id, index=index, url=url, file_id=file_id, options=options)
             )
             index += 1
     return events

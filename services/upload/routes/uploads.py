@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from services.upload.csv_input import CsvRejected
 from services.upload.deps import ApiKey, GatewayDep
 from services.upload.errors import ApiError, problem
-from services.upload.intake import form_problems, store_request
+from services.upload.intake import form_problems, options_from_form, store_request
 from shared.mongo import StorageError
 from shared.repository import new_request_id
 
@@ -24,13 +24,15 @@ UPLOADS = Counter("imagepipe_upload_requests_total", "Upload attempts, by outcom
 @router.post("/upload", status_code=202, dependencies=[ApiKey])
 async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
     settings = gateway.runtime.settings
-    form = await request.form(max_files=1, max_fields=10)
+    form = await request.form(max_files=1, max_fields=16)
     file = form.get("file")
     email = _text(form.get("email")) or request.query_params.get("email", "").strip()
     webhook_url = (
         _text(form.get("webhook_url")) or request.query_params.get("webhook_url", "").strip() or None
     )
     problems = form_problems(file, email, webhook_url, allow_private=settings.fetch_allow_private)
+    options, option_problems = options_from_form(form, request.query_params)
+    problems += option_problems
     if problems:
         UPLOADS.labels("rejected").inc()
         raise ApiError(422 if file is not None else 400, "invalid form fields", problems)
@@ -46,7 +48,7 @@ async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
     structlog.contextvars.bind_contextvars(request_id=request_id)
     repo = gateway.runtime.repo
     try:
-        accepted = await store_request(repo, gateway.limits, request_id, file, email, webhook_url)
+        accepted = await store_request(repo, gateway.limits, request_id, file, email, webhook_url, options)
     except CsvRejected as exc:
         UPLOADS.labels("rejected").inc()
         await repo.discard(request_id)
@@ -69,6 +71,7 @@ async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
             "output_csv_url": links.output(request_id),
             "products": accepted["total_products"],
             "images": accepted["total_images"],
+            "options": options.stored(),
         },
         status_code=202,
     )
