@@ -186,6 +186,7 @@ def _compress_still(
     output_format = encoding.choose_format(alpha, out.size, options.format)
     if output_format is None:
         raise _too_large_for(options, out.size)
+    _check_encodable(output_format)
     if alpha and output_format == "JPEG":
         out, alpha = encoding.flatten_onto_white(out), False
     quality, score = _quality_for(out, output_format, quality, options)
@@ -225,6 +226,11 @@ def _too_large_for(options: ImageOptions, size: tuple[int, int]) -> ImageRejecte
     )
 
 
+def _check_encodable(output_format: str) -> None:
+    if output_format == "AVIF" and not encoding.AVIF_AVAILABLE:
+        raise ImageRejected("this server cannot encode avif (its Pillow lacks libavif)", "unsupported")
+
+
 def _quality_for(
     im: Image.Image, output_format: str, default: int, options: ImageOptions
 ) -> tuple[int, float | None]:
@@ -235,7 +241,7 @@ def _quality_for(
         im,
         lambda sample, quality: encoding.encode(sample, output_format, quality, None),
         options.effective_target,
-        guess=default,
+        guess=perceptual.first_guess(output_format, options.effective_target),
         fallback=default,
     )
     return choice.quality, choice.score
@@ -323,6 +329,7 @@ def _compress_animation(
     im.seek(0)
     fitted = resize.fitted_size((width, height), options)
     container = encoding.animation_format(options.format)
+    _check_encodable(container)
     # Pillow encodes the source's own frames, except when they must be resized or AVIF is asked.
     resized = None
     if fitted is not None or container != "WEBP":

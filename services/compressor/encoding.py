@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from io import BytesIO
 
-from PIL import Image
+from PIL import Image, features
 
 from shared.image_options import OutputFormat
 
@@ -34,6 +34,8 @@ AVIF_SPEED = 9
 CONTENT_TYPES = {"JPEG": "image/jpeg", "WEBP": "image/webp", "AVIF": "image/avif", "PNG": "image/png"}
 MAX_SIDES = {"JPEG": JPEG_MAX_SIDE, "WEBP": WEBP_MAX_SIDE, "AVIF": AVIF_MAX_SIDE}
 LOSSY = frozenset({"JPEG", "WEBP", "AVIF"})
+# Pillow's wheels encode AVIF; a Pillow built from source without libavif does not.
+AVIF_AVAILABLE = bool(features.check("avif"))
 
 
 def choose_format(alpha: bool, size: tuple[int, int], asked: OutputFormat | None) -> str | None:

@@ -152,6 +152,13 @@ def test_an_image_too_large_for_the_asked_format_fails_with_what_to_do() -> None
     assert compress(wide, options=ImageOptions(format=WEBP, max_width=16000)).width == 16000
 
 
+def test_avif_without_an_avif_encoder_fails_the_image_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoding, "AVIF_AVAILABLE", False)
+    for data in (images.jpeg_photo(), images.animated_gif()):
+        with pytest.raises(ImageRejected, match="cannot encode avif"):
+            compress(data, options=ImageOptions(format=AVIF))
+
+
 # --- fixed quality ------------------------------------------------------------------------------------
 
 
