@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bench.options import AVIF_COST_BOUND, BASE_QUALITY, Mode, OptionsResults
 from bench.results import Check
+from services.compressor import perceptual
 from services.compressor.encoding import AVIF_SPEED
 from shared.image_options import DEFAULT_TARGET
 
@@ -77,6 +78,7 @@ def _mode_rows(results: OptionsResults) -> list[list[str]]:
                 f"{mode.mean_cpu_ms / base.mean_cpu_ms:.1f}x",
                 f"{mode.mean:.1f}",
                 f"{mode.worst:.1f}",
+                f"{mode.spread:.1f}",
                 _qualities(mode),
             ]
         )
@@ -92,6 +94,7 @@ def _calibration_rows(results: OptionsResults, chosen: float | None) -> list[lis
             "100%",
             f"{base.mean:.1f}",
             f"{base.worst:.1f}",
+            f"{base.spread:.1f}",
             "",
         ]
     ]
@@ -108,6 +111,7 @@ def _calibration_rows(results: OptionsResults, chosen: float | None) -> list[lis
                 f"{mode.total_bytes / base.total_bytes:.1%}",
                 f"{mode.mean:.1f}",
                 f"{mode.worst:.1f}",
+                f"{mode.spread:.1f}",
                 ", ".join(notes),
             ]
         )
@@ -159,6 +163,7 @@ def render(results: OptionsResults) -> list[str]:
                 "of default",
                 "Mean score",
                 "Worst score",
+                "Score sd",
                 "Quality (min-median-max)",
             ],
             _mode_rows(results),
@@ -172,14 +177,17 @@ def render(results: OptionsResults) -> list[str]:
         else f"No target of this run fits the budget; the built-in default is {DEFAULT_TARGET:g}.",
         "",
         *_table(
-            ["Setting", "Total bytes", "of q50", "Mean score", "Worst score", ""],
+            ["Setting", "Total bytes", "of q50", "Mean score", "Worst score", "Score sd", ""],
             _calibration_rows(results, chosen),
         ),
         f"- **Cost of auto**: {auto.mean_cpu_ms:.0f} CPU-ms per image, {auto.mean_cpu_ms / base.mean_cpu_ms:.0f}x "
         f"a fixed quality's {base.mean_cpu_ms:.1f}. The search alone: {search['probes']:.1f} probes per image "
         f"(at most {search['max_probes']:.0f}), {search['cpu_ms']:.0f} CPU-ms; each probe encodes, decodes "
-        "and scores a sample of at most 16 aligned 96-px tiles.",
-        f"- **Sample vs full size**: {_prediction(results)}.",
+        f"and scores a sample of at most {perceptual.GRID_TILES + perceptual.BUSY_TILES} aligned 96-px tiles "
+        "(images up to ~0.28 MP whole).",
+        f"- **Sample vs full size**: {_prediction(results)}. The search stops at the first quality whose "
+        "sample meets the target, so the full image tends to score a little lower; the calibration above "
+        "is on full-size scores, so it accounts for that.",
         "",
         END,
     ]

@@ -327,16 +327,34 @@ def _compress_animation(
         durations.append(int(im.info.get("duration", 0)))
         transparent = transparent or im.has_transparency_data
     im.seek(0)
-    fitted = resize.fitted_size((width, height), options)
+    encoded = _reencode_animation(im, frames, durations, info, transparent, quality, options)
+    if (encoded.width, encoded.height) == (width, height) and _keeps_format(fmt, options):
+        original = _clean_original(data, fmt, info, upright=True)
+        if original is not None and len(original) <= len(encoded.data):
+            assert fmt is not None
+            return CompressedImage(original, CONTENT_TYPES[fmt], True, width, height)
+    return encoded
+
+
+def _reencode_animation(
+    im: Image.Image,
+    frames: int,
+    durations: list[int],
+    info: dict[Any, Any],
+    transparent: bool,
+    quality: int,
+    options: ImageOptions,
+) -> CompressedImage:
+    """Every frame, in the box if there is one, as animated WebP (or AVIF when asked)."""
+    fitted = resize.fitted_size(im.size, options)
     container = encoding.animation_format(options.format)
     _check_encodable(container)
     # Pillow encodes the source's own frames, except when they must be resized or AVIF is asked.
     resized = None
     if fitted is not None or container != "WEBP":
         resized = _decoding(lambda: resize.resized_frames(im, frames, fitted))
-    quality, score = _quality_for(
-        resized[0] if resized else _decoding(lambda: im.convert("RGBA")), container, quality, options
-    )
+    first = resized[0] if resized else _decoding(lambda: im.convert("RGBA"))
+    quality, score = _quality_for(first, container, quality, options)
     icc = info.get("icc_profile") or None
     try:
         encoded = _save_animation(
@@ -351,15 +369,8 @@ def _compress_animation(
         raise ImageRejected(f"animation could not be re-encoded ({exc})", "unsupported") from exc
     if container == "WEBP" and transparent:
         encoded = _webp_alpha_flagged(encoded)
-    if fitted is None and _keeps_format(fmt, options):
-        original = _clean_original(data, fmt, info, upright=True)
-        if original is not None and len(original) <= len(encoded):
-            assert fmt is not None
-            return CompressedImage(original, CONTENT_TYPES[fmt], True, width, height)
-    out_width, out_height = fitted or (width, height)
-    return CompressedImage(
-        encoded, encoding.CONTENT_TYPES[container], False, out_width, out_height, quality, score
-    )
+    width, height = fitted or im.size
+    return CompressedImage(encoded, encoding.CONTENT_TYPES[container], False, width, height, quality, score)
 
 
 def _save_animation(

@@ -12,9 +12,11 @@ from services.compressor.fetch import FetchPolicy, SafeFetcher
 from services.compressor.handler import CodecPool, Compressor
 from shared.events import ImageCompressed, ImageFailed, ImageRequested
 from shared.files import GridFsImageStore, output_file_id
+from shared.image_options import ImageOptions, OutputFormat
 from shared.mongo import Mongo
 from shared.settings import Settings
 from tests.fakes import RecordingPublisher
+from tests.images import varied_photo
 from tests.origin import Origin
 
 
@@ -99,3 +101,27 @@ async def test_a_slow_download_does_not_stall_other_images(compressor: Compresso
     await asyncio.gather(run("slow.jpg", 0), *(run(f"fast{n}.jpg", n + 1) for n in range(6)))
     assert max(v for k, v in finished.items() if k != "slow.jpg") < finished["slow.jpg"]
     assert finished["slow.jpg"] >= 2.0
+
+
+async def test_options_reach_the_codec_processes_and_a_redelivery_reports_the_same_details(
+    compressor: Compressor, origin: Origin, mongo: Mongo
+) -> None:
+    origin.images["o.jpg"] = varied_photo("detailed", 640, 480, seed=4)
+    options = ImageOptions(max_width=320, format=OutputFormat.AVIF, quality="auto", target=60)
+    event = ImageRequested(
+        request_id="req-o",
+        index=0,
+        url=origin.url("o.jpg"),
+        file_id=output_file_id("req-o", 0, options),
+        options=options,
+    )
+    await compressor.compress(event)
+    await compressor.compress(event)  # found in GridFS: reported from its stored details
+
+    first, second = compressor.publisher.events  # type: ignore[attr-defined]
+    assert (first.content_type, first.width, first.height) == ("image/avif", 320, 240)
+    assert first.quality is not None and first.score is not None and first.score >= 60
+    assert second.model_dump(exclude={"event_id", "occurred_at"}) == first.model_dump(
+        exclude={"event_id", "occurred_at"}
+    )
+    assert origin.hits["o.jpg"] == 1
