@@ -13,10 +13,12 @@ from services.compressor.fetch import FetchPolicy, SafeFetcher
 from services.compressor.handler import Compressor
 from shared.events import ImageCompressed, ImageFailed, ImageRequested
 from shared.files import GridFsImageStore, output_file_id
+from shared.image_options import ImageOptions, OutputFormat
 from shared.mongo import Mongo
 from shared.repository import MongoRequestRepository
 from shared.settings import Settings
 from tests.fakes import RecordingPublisher
+from tests.images import varied_photo
 from tests.origin import Origin
 
 
@@ -152,3 +154,27 @@ async def test_an_image_over_its_time_budget_fails_and_its_codec_worker_is_repla
     finally:
         await fetcher.close()
         slow.close()
+
+
+async def test_options_reach_the_codec_processes_and_a_redelivery_reports_the_same_details(
+    compressor: Compressor, origin: Origin, mongo: Mongo
+) -> None:
+    origin.images["o.jpg"] = varied_photo("detailed", 640, 480, seed=4)
+    options = ImageOptions(max_width=320, format=OutputFormat.AVIF, quality="auto", target=60)
+    event = ImageRequested(
+        request_id="req-o",
+        index=0,
+        url=origin.url("o.jpg"),
+        file_id=output_file_id("req-o", 0, options),
+        options=options,
+    )
+    await compressor.compress(event)
+    await compressor.compress(event)  # found in GridFS: reported from its stored details
+
+    first, second = compressor.publisher.events  # type: ignore[attr-defined]
+    assert (first.content_type, first.width, first.height) == ("image/avif", 320, 240)
+    assert first.quality is not None and first.score is not None and first.score >= 60
+    assert second.model_dump(exclude={"event_id", "occurred_at"}) == first.model_dump(
+        exclude={"event_id", "occurred_at"}
+    )
+    assert origin.hits["o.jpg"] == 1
