@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from localrun.samples import photo
+from services.compressor import codec_pool
+from services.compressor.codec import ImageRejected
 from services.compressor.codec_pool import CodecPool
 from services.compressor.fetch import FetchPolicy, SafeFetcher
 from services.compressor.handler import Compressor
@@ -178,3 +180,20 @@ async def test_options_reach_the_codec_processes_and_a_redelivery_reports_the_sa
         exclude={"event_id", "occurred_at"}
     )
     assert origin.hits["o.jpg"] == 1
+
+
+async def test_quality_auto_gets_its_search_time_on_top_of_the_per_image_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The search encodes and scores a sample ~5 times: far more than this budget, which the allowance covers.
+    pool = CodecPool(1, time_budget=0.25)
+    await pool.warm_up()
+    data, auto = varied_photo("detailed", 1200, 900, seed=5), ImageOptions(quality="auto", target=60)
+    try:
+        image = await pool.compress(data, 50, 10**8, auto)
+        assert image.quality is not None and image.score is not None and image.score >= 60
+        monkeypatch.setattr(codec_pool, "AUTO_ALLOWANCE_S", 0.0)  # the control: without it, over budget
+        with pytest.raises(ImageRejected, match=r"took longer than 0.25 s"):
+            await pool.compress(data, 50, 10**8, auto)
+    finally:
+        pool.close()

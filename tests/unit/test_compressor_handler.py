@@ -151,6 +151,32 @@ async def test_a_repeated_url_reports_the_shared_output_its_first_occurrence_sto
     assert isinstance(event, ImageCompressed) and (event.index, event.output_bytes) == (3, 50)
 
 
+async def test_a_repeated_url_copies_its_first_occurrences_output_with_its_details(
+    compressor: Compressor,
+) -> None:
+    outcomes: FakeRequestRepository = compressor.outcomes  # type: ignore[assignment]
+    details = {"width": 400, "height": 300, "quality": 61, "score": 60.4}
+    outcomes.outcomes[("r1", 1)] = first_outcome(
+        OutcomeStatus.COMPRESSED,
+        file_id="a" * 32,
+        content_type="image/webp",
+        input_bytes=100,
+        output_bytes=40,
+        **details,
+    )
+    await compressor.compress(requested(duplicate_of=1))
+    assert compressor.fetcher.fetched == []  # type: ignore[attr-defined]
+    (event,) = compressor.publisher.events  # type: ignore[attr-defined]
+    assert isinstance(event, ImageCompressed)
+    assert (event.index, event.file_id, event.content_type, event.output_bytes) == (
+        3,
+        "a" * 32,
+        "image/webp",
+        40,
+    )
+    assert (event.width, event.height, event.quality, event.score) == tuple(details.values())
+
+
 async def test_a_repeated_url_waits_for_its_first_occurrence(
     compressor: Compressor, monkeypatch: pytest.MonkeyPatch
 ) -> None:

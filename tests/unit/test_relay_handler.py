@@ -165,3 +165,17 @@ async def test_every_occurrence_of_a_repeated_url_shares_the_first_ones_output()
         (1, None, output_file_id("r1", 1)),
         (2, 0, output_file_id("r1", 0)),
     ]
+
+
+async def test_a_repeated_url_shares_the_id_its_first_occurrence_has_under_the_requests_options() -> None:
+    repo, publisher = FakeRequestRepository(), RecordingPublisher()
+    options = ImageOptions(max_width=400, quality="auto", target=60)
+    await accepted(repo, "r1", [[["a"], ["a"]]], options)
+    repo.chunks[("r1", 0)]["rows"][1]["duplicate_of"] = [0]
+    await OutboxRelay(repo, publisher).pass_once()
+    events = [e for e in publisher.events if isinstance(e, ImageRequested)]
+    assert [(e.index, e.duplicate_of, e.file_id, e.options) for e in events] == [
+        (0, None, output_file_id("r1", 0, options), options),
+        (1, 0, output_file_id("r1", 0, options), options),
+    ]
+    assert output_file_id("r1", 0, options) != output_file_id("r1", 0)
