@@ -25,6 +25,10 @@ when the batch is done (an email with the output CSV, and a signed webhook if yo
 **Try it:** `POST /upload` → *Try it out* → choose `samples/products.csv`, give an email, *Execute*; then
 follow the `request_id` with `GET /status/{request_id}`, or open the web page at `/r/{request_id}`.
 
+**Image options** (optional fields of the same form): `max_width`/`max_height` (a box, aspect kept),
+`format` (`jpeg`, `webp`, `avif`), `quality` (1-95, or `auto`: per image, the lowest quality that meets an
+SSIMULACRA2 `target`). The status shows what each image became (`output_details`).
+
 **Errors** all have one shape, `{"error": ..., "problems": [{"row", "column", "field", "reason"}]}`.
 
 **API keys** are needed only when the server sets `IMAGEPIPE_API_KEYS`: use *Authorize* (X-API-Key)."""
