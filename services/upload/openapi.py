@@ -58,8 +58,6 @@ class _UploadFields(BaseModel):
         None,
         description="Optional: called (signed, Standard Webhooks) when the request completes, e.g. "
         "`https://hooks.example.com/imagepipe`.",
-        # Empty, so that /docs pre-fills nothing ("string" otherwise) and "Try it out" calls no one.
-        examples=[""],
     )
 
 
