@@ -51,7 +51,7 @@ async def test_an_upload_is_invisible_until_accepted(repo: MongoRequestRepositor
     assert [r async for r in repo.outbox_pending()] == []
     accepted = await repo.accept_request("r1")
     assert accepted is not None and accepted["status"] == RequestStatus.PENDING
-    assert [r async for r in repo.outbox_pending()] == ["r1"]
+    assert [r["_id"] async for r in repo.outbox_pending()] == ["r1"]
 
 
 async def test_settling_a_failed_upload_is_certain_and_fences_off_a_late_accept(
