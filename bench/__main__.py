@@ -1,4 +1,5 @@
-"""`make bench` / `python -m bench [--images N] [--quick] [--profile PY_SPY]`: see bench/__init__.py."""
+"""`make bench` / `python -m bench [--section all|pipeline|options] [--images N] [--quick] [--profile PY_SPY]`:
+see bench/__init__.py. `--section options` runs only the image options section (bench/options.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 import structlog
 
-from bench import report
+from bench import options, report
 from bench.config import Config, parse
 from bench.results import Results, write_json
 from bench.run import run
@@ -25,9 +26,27 @@ async def _until_stopped(config: Config) -> Results:
     return await run(config)
 
 
+SECTIONS = ("all", "pipeline", "options")
+
+
+def _section(argv: list[str]) -> tuple[str, list[str]]:
+    """The `--section` asked for (default all), and the other arguments."""
+    if "--section" not in argv:
+        return "all", argv
+    at = argv.index("--section")
+    section = argv[at + 1] if at + 1 < len(argv) else ""
+    if section not in SECTIONS:
+        raise SystemExit(f"--section must be one of {', '.join(SECTIONS)}")
+    return section, argv[:at] + argv[at + 2 :]
+
+
 def main() -> None:
-    config = parse(sys.argv[1:])
+    section, argv = _section(sys.argv[1:])
     configure_logging("bench", "INFO", json=False)
+    if section == "options":
+        options.main(argv)
+        return
+    config = parse(argv)
     results = asyncio.run(_until_stopped(config))
     text = report.write(results, config.out_dir)
     write_json(results, config.work_dir / "results.json")
@@ -41,6 +60,8 @@ def main() -> None:
         plot=str(config.out_dir / report.PLOT_NAME),
         results=str(config.work_dir / "results.json"),
     )
+    if section == "all":  # the pipeline wrote the page afresh: add the options section to it
+        options.run(config.quick, config.work_dir, config.out_dir, " ".join(["--section", "options", *argv]))
 
 
 if __name__ == "__main__":

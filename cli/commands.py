@@ -30,9 +30,12 @@ from cli.exit_codes import Exit, for_outcome
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
-# Form fields of POST /upload sent from options of the same name (dashes for underscores) when given;
-# image options (size, format, quality) are added here and in add_upload.
-UPLOAD_FIELDS = ("email", "webhook_url")
+# Form fields of POST /upload sent from options of the same name (dashes for underscores) when given. The
+# image options are checked by the server (one place): a bad value comes back as a problem naming it.
+IMAGE_OPTIONS = ("max_width", "max_height", "format", "quality", "target")
+UPLOAD_FIELDS = ("email", "webhook_url", *IMAGE_OPTIONS)
+# Extensions of the output formats, whatever the system's MIME table knows (Python 3.11's lacks WebP).
+EXTENSIONS = {"image/jpeg": ".jpg", "image/webp": ".webp", "image/avif": ".avif", "image/png": ".png"}
 PAGE = 1000  # products per status page when listing every output
 DOWNLOADERS = 4  # images fetched at once by `download`
 
@@ -53,6 +56,20 @@ def add_upload(subcommands: Subcommands) -> None:
     p.add_argument("--email", required=True, help="who gets the completion email with the output CSV")
     p.add_argument("--webhook", dest="webhook_url", help="a URL called (signed) when the request completes")
     p.add_argument("--wait", action="store_true", help="follow the progress until the request is finished")
+    options = p.add_argument_group("image options (for every image; see the README)")
+    options.add_argument(
+        "--max-width", metavar="N", help="fit inside N pixels wide, keeping the aspect ratio"
+    )
+    options.add_argument(
+        "--max-height", metavar="N", help="fit inside N pixels high, keeping the aspect ratio"
+    )
+    options.add_argument(
+        "--format", metavar="F", help="jpeg, webp or avif (default: JPEG, or WebP for transparent images)"
+    )
+    options.add_argument(
+        "--quality", metavar="Q", help="1-95, or auto: per image, the lowest quality that scores --target"
+    )
+    options.add_argument("--target", metavar="T", help="with --quality auto: the SSIMULACRA2 score to meet")
     p.set_defaults(run=upload)
 
 
@@ -66,6 +83,8 @@ def upload(api: Api, args: argparse.Namespace) -> Exit:
         f"[green]✓[/] accepted: {accepted['products']} products, {accepted['images']} images\n"
         f"  request  {request_id}\n  page     {api.page_url(request_id)}"
     )
+    if accepted.get("options"):
+        err.print(f"  options  {_options(accepted['options'])}")
     if not out.is_terminal:
         out.print(request_id)  # for scripts: ID=$(imagepipe upload ...)
     return wait(api, request_id) if args.wait else Exit.OK
@@ -129,6 +148,8 @@ def show(api: Api, s: dict[str, Any]) -> None:
     if s["bytes_in"]:
         saved = round(100 * (s["bytes_in"] - s["bytes_out"]) / s["bytes_in"])
         table.add_row("size", f"{_size(s['bytes_in'])} → {_size(s['bytes_out'])} ({saved}% saved)")
+    if any(value is not None for value in (s.get("options") or {}).values()):
+        table.add_row("options", _options(s["options"]))
     table.add_row("page", api.page_url(s["request_id"]))
     if s.get("output_csv_url"):
         table.add_row("output", s["output_csv_url"])
@@ -137,6 +158,14 @@ def show(api: Api, s: dict[str, Any]) -> None:
         err.print(f"  [red]✗[/] {failure['url']}: {failure['reason']}")
     if s["no_img_failed"] > 10:
         err.print(f"  … and {s['no_img_failed'] - 10} more (the output CSV lists every one)")
+
+
+def _options(options: dict[str, Any]) -> str:
+    return " · ".join(
+        f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in options.items()
+        if value is not None
+    )
 
 
 def _size(n: int) -> str:
@@ -190,7 +219,7 @@ def _outputs(api: Api, request_id: str, products: int) -> Any:
 
 def _extension(response: httpx.Response) -> str:
     media_type = response.headers.get("content-type", "").split(";")[0].strip()
-    return {"image/jpeg": ".jpg"}.get(media_type) or mimetypes.guess_extension(media_type) or ".bin"
+    return EXTENSIONS.get(media_type) or mimetypes.guess_extension(media_type) or ".bin"
 
 
 def _save(response: httpx.Response, path: Path) -> None:

@@ -1,7 +1,8 @@
 """Integration events: small immutable records, named in the past tense, versioned.
 
 Each event class carries its routing key; `parse_event` turns a message body back into the right class.
-Adding a field with a default is a compatible change; anything else gets a new `version`.
+Adding a field with a default is a compatible change; anything else gets a new `version`. Consumers ignore
+fields they do not know, and read every version still in flight.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from datetime import UTC, datetime
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from shared.image_options import ImageOptions
 
 
 def _now() -> datetime:
@@ -35,15 +38,24 @@ class ImageEvent(Event):
 
 
 class ImageRequested(ImageEvent):
-    """The upload accepted a request; this image must be compressed."""
+    """The upload accepted a request; this image must be compressed.
+
+    Version 2 carries the request's image `options`. A version 1 message (published before the upgrade,
+    still in flight) has none and reads as the defaults, which is what it meant; a consumer still on
+    version 1 reads a version 2 message too, ignoring the options, so compressors are upgraded before
+    the upload service (docs/architecture.md).
+    """
 
     routing_key: ClassVar[str] = "image.requested"
     type: Literal["ImageRequested"] = "ImageRequested"
+    version: int = 2
     file_id: str  # where the output goes: deterministic, so a redelivery finds it instead of orphaning one
     # A URL repeated in one request: the index of its first occurrence, which is the one fetched; this one
-    # shares its file_id and copies its outcome. None for a first (or only) occurrence. Compressors that
-    # predate the field ignore it and fetch the URL again, which is slower but just as correct.
+    # shares its file_id (which includes the request's options) and copies its outcome. None for a first
+    # (or only) occurrence. Compressors that predate the field ignore it and fetch the URL again, which is
+    # slower but just as correct.
     duplicate_of: int | None = None
+    options: ImageOptions = Field(default_factory=ImageOptions)
 
 
 class ImageCompressed(ImageEvent):
@@ -54,6 +66,11 @@ class ImageCompressed(ImageEvent):
     input_bytes: int
     output_bytes: int
     kept_original: bool = False  # re-encoding would have grown the image, so its original bytes are kept
+    # Added with image options (defaults: unknown, as from a compressor that predates them).
+    width: int | None = None  # of the output
+    height: int | None = None
+    quality: int | None = None  # the encoder quality used (None for a kept original or lossless output)
+    score: float | None = None  # with quality=auto: the SSIMULACRA2 score the chosen quality measured
 
 
 class ImageFailed(ImageEvent):

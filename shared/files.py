@@ -1,7 +1,9 @@
 """Compressed images, stored in GridFS layout (`fs.files` and `fs.chunks`), so any GridFS client reads them.
 
-An output's id is derived from its request and position (`output_file_id`): a redelivered image overwrites
-its own output instead of orphaning a copy, and nobody can guess an id without the secret request id.
+An output's id is derived from its request, its position and the image options it was made with
+(`output_file_id`): a redelivered image overwrites its own output instead of orphaning a copy, nobody can
+guess an id without the secret request id, and an output is only ever found again (the compressor's
+redelivery check) under the options that made it.
 """
 
 from __future__ import annotations
@@ -10,22 +12,32 @@ import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, TypedDict
+from typing import NotRequired, Protocol, TypedDict
 
 from bson import Binary, ObjectId
 from gridfs import AsyncGridFSBucket
 from gridfs.errors import NoFile
 from pymongo.errors import DuplicateKeyError
 
+from shared.image_options import ImageOptions
 from shared.mongo import Doc, Mongo, Session, StorageError, adapts_driver_errors
 
 GRIDFS_CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
 
 
-def output_file_id(request_id: str, index: int) -> str:
+def output_file_id(request_id: str, index: int, options: ImageOptions | None = None) -> str:
     """The id of an image's output: deterministic, so redelivered work overwrites rather than orphans, and
-    unguessable, because it is derived from the secret request id."""
-    return hashlib.blake2b(f"{request_id}:{index}".encode(), digest_size=16).hexdigest()
+    unguessable, because it is derived from the secret request id.
+
+    A request's options never change, so today (request, index) alone would do; the options are part of
+    the key all the same, so that nothing that ever reuses outputs (a re-run with other options, a cache)
+    can serve one made differently. The defaults add nothing: outputs of requests without options keep
+    the ids they always had.
+    """
+    key = f"{request_id}:{index}"
+    if options is not None and (options_key := options.cache_key()):
+        key += f":{options_key}"
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
 class ImageMeta(TypedDict):
@@ -34,6 +46,11 @@ class ImageMeta(TypedDict):
     index: int
     input_bytes: int
     kept_original: bool
+    # what the outcome reports, so a redelivery reports it again (absent on files stored before options)
+    width: NotRequired[int | None]
+    height: NotRequired[int | None]
+    quality: NotRequired[int | None]
+    score: NotRequired[float | None]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@
   when needed.
 * `Output Image Urls` holds one entry per input URL, in the same order, joined with ", ". Entries are
   formatted by the caller (an output URL, or `failed_entry(reason)`), and must not contain a comma.
+* A request made with image options gets one more column, `Image Options`, saying them on every row
+  (`max_width=800; format=webp`): rows stay one per product and entries one per URL, and a row copied,
+  sorted or filtered in a spreadsheet still says how its images were made. Without options the CSV is
+  exactly as it always was.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import io
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Final
 
+from shared.image_options import ImageOptions
 from shared.links import Links
 from shared.repository import OutcomeDoc, OutcomeStatus, RequestDoc, RequestRepository
 
 OUTPUT_COLUMN: Final = "Output Image Urls"
+OPTIONS_COLUMN: Final = "Image Options"
 SEPARATOR: Final = ", "
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 _FLUSH_AT: Final = 64 * 1024  # characters buffered before a piece is handed to the response
@@ -40,13 +46,15 @@ def failed_entry(reason: str) -> str:
     return f"FAILED: {clean}" if clean else "FAILED"
 
 
-def output_header(columns: Sequence[str]) -> list[str]:
-    return [*(neutralise(c) for c in columns), OUTPUT_COLUMN]
+def output_header(columns: Sequence[str], options: str = "") -> list[str]:
+    return [*(neutralise(c) for c in columns), OUTPUT_COLUMN, *([OPTIONS_COLUMN] if options else [])]
 
 
-def output_row(cells: Sequence[str], outputs: Sequence[str]) -> list[str]:
-    """One output row: the input `cells`, then `outputs` (aligned 1:1 with the input URLs) in one cell."""
-    return [*(neutralise(c) for c in cells), neutralise(SEPARATOR.join(outputs))]
+def output_row(cells: Sequence[str], outputs: Sequence[str], options: str = "") -> list[str]:
+    """One output row: the input `cells`, then `outputs` (aligned 1:1 with the input URLs) in one cell,
+    then the request's image `options` if it had any."""
+    row = [*(neutralise(c) for c in cells), neutralise(SEPARATOR.join(outputs))]
+    return [*row, neutralise(options)] if options else row
 
 
 class _Encoder:
@@ -97,10 +105,12 @@ def output_cell(outcome: OutcomeDoc | None, links: Links) -> str:
 async def output_csv(repo: RequestRepository, request: RequestDoc, links: Links) -> AsyncIterator[bytes]:
     """A request's output CSV, streamed from the read model in bounded memory."""
 
+    options = ImageOptions.from_stored(request.get("options")).describe()
+
     async def rows() -> AsyncIterator[list[str]]:
-        yield output_header(request["columns"])
+        yield output_header(request["columns"], options)
         async for row, outcomes in repo.rows_with_outcomes(request["_id"]):
-            yield output_row(row["cells"], [output_cell(o, links) for o in outcomes])
+            yield output_row(row["cells"], [output_cell(o, links) for o in outcomes], options)
 
     async for part in write_csv(rows()):
         yield part

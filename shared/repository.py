@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import NotRequired, Protocol, TypedDict, cast
+from typing import Any, NotRequired, Protocol, TypedDict, cast
 
 import pymongo
 from pymongo import UpdateOne
@@ -104,6 +104,10 @@ class OutcomeDoc(TypedDict):
     input_bytes: NotRequired[int]
     output_bytes: NotRequired[int]
     kept_original: NotRequired[bool]
+    width: NotRequired[int]  # of the output; these four are absent on outcomes from before image options
+    height: NotRequired[int]
+    quality: NotRequired[int]  # the encoder quality used
+    score: NotRequired[float]  # quality=auto: the SSIMULACRA2 score measured for the chosen quality
     # FAILED
     reason: NotRequired[str]
 
@@ -129,6 +133,7 @@ class Upload(TypedDict):
     total_products: int
     total_images: int
     row_chunks: int
+    options: NotRequired[dict[str, Any]]  # ImageOptions.stored(): only what was given; absent = defaults
 
 
 class RequestDoc(Upload):

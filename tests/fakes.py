@@ -18,6 +18,7 @@ from services.compressor.fetch import FetchError
 from services.notifier.delivery import AttemptOutcome
 from shared.events import Event
 from shared.files import ImageDownload, ImageMeta, StoredImage
+from shared.image_options import ImageOptions
 from shared.repository import (
     AttemptDoc,
     Claim,
@@ -317,12 +318,23 @@ class FakeFetcher:
 
 
 class HalvingCodec:
-    """ "Compresses" by halving the bytes; refuses bodies that start with b"bad"."""
+    """ "Compresses" by halving the bytes; refuses bodies that start with b"bad". Records the options it
+    was given; reports a format and quality as they ask (`auto` is quality 42, scoring 61.5)."""
 
-    async def compress(self, data: bytes, quality: int, max_pixels: int) -> CompressedImage:
+    def __init__(self) -> None:
+        self.options: list[ImageOptions] = []
+
+    async def compress(
+        self, data: bytes, quality: int, max_pixels: int, options: ImageOptions
+    ) -> CompressedImage:
+        self.options.append(options)
         if data.startswith(b"bad"):
             raise ImageRejected("corrupt image data (fake)")
-        return CompressedImage(data[: len(data) // 2], "image/jpeg", False, 10, 10)
+        fmt = options.format.value if options.format else "jpeg"
+        chosen = 42 if options.auto else options.quality if isinstance(options.quality, int) else quality
+        side = min(options.max_width or 10, 10)
+        score = 61.5 if options.auto else None
+        return CompressedImage(data[: len(data) // 2], f"image/{fmt}", False, side, side, chosen, score)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import zlib
 from io import BytesIO
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageCms, ImageDraw, ImageFilter, PngImagePlugin
 
 # EXIF tag numbers used below (see PIL.ExifTags).
@@ -71,6 +72,113 @@ def jpeg_photo(width: int = 64, height: int = 48, seed: int = 0, quality: int = 
 def png_photo(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
     """An opaque RGB PNG of photo-like content (PNG is lossless, so it is large)."""
     return _save(photo(width, height, seed), "PNG")
+
+
+# --- a varied photo corpus: what quality=auto is calibrated and tested on ---------------------------------
+
+
+def _studio(rng: np.random.Generator, width: int, height: int, blur: float) -> np.ndarray:
+    """A graded backdrop with a few soft-lit objects: the scene under the kinds below, as float RGB."""
+    ramp = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    tint = rng.uniform(0.6, 1.0, 3).astype(np.float32)
+    backdrop = (140 + 90 * ramp * tint) * np.ones((1, width, 1), np.float32)
+    im = Image.fromarray(backdrop.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(3, 7))):
+        cx, cy = rng.uniform(0.15, 0.85) * width, rng.uniform(0.2, 0.85) * height
+        r = rng.uniform(0.08, 0.25) * min(width, height)
+        fill = tuple(int(v) for v in rng.integers(20, 235, 3))
+        draw.ellipse((cx - r, cy - 0.8 * r, cx + r, cy + 0.8 * r), fill=fill)
+    return np.asarray(im.filter(ImageFilter.GaussianBlur(blur)), np.float32)
+
+
+def _texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Zero-mean, unit-variance detail at several scales (foliage, fabric, gravel)."""
+    total = np.zeros((height, width), np.float32)
+    for scale in (2, 3, 5, 9, 17):
+        cells = rng.random((max(2, height // scale), max(2, width // scale)), dtype=np.float32)
+        layer = Image.fromarray((cells * 255).astype(np.uint8)).resize(
+            (width, height), Image.Resampling.BICUBIC
+        )
+        total += np.asarray(layer, np.float32) * scale**0.5
+    return (total - total.mean()) / (total.std() + 1e-6)
+
+
+def _rgb(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def smooth_photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Studio shot: soft gradients and shapes, almost no grain. Fixed quality wastes bytes on these."""
+    rng = np.random.default_rng(seed)
+    scene = _studio(rng, width, height, max(2.0, min(width, height) / 60))
+    return _rgb(scene + rng.normal(0, rng.uniform(0.6, 1.5), scene.shape))
+
+
+def noisy_photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Low light: the scene under heavy luminance and some colour grain. Fixed quality makes these ugly."""
+    rng = np.random.default_rng(seed)
+    scene = _studio(rng, width, height, 1.5)
+    grain = rng.normal(0, rng.uniform(6, 16), (height, width, 1)) + rng.normal(0, 4, scene.shape)
+    return _rgb(scene + grain)
+
+
+def detailed_photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """High detail: multi-scale texture, a fine weave and thin sharp strokes over the scene."""
+    rng = np.random.default_rng(seed)
+    scene = _studio(rng, width, height, 0.8)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    weave = np.sin(x * rng.uniform(0.6, 1.2)) * np.sin(y * rng.uniform(0.6, 1.2))
+    scene += 22 * _texture(rng, width, height)[..., None] + 14 * weave[..., None] * rng.uniform(0.5, 1, 3)
+    im = _rgb(scene)
+    draw = ImageDraw.Draw(im)
+    for _ in range(width * height // 4000):
+        x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
+        end = (x0 + rng.uniform(-20, 20), y0 + rng.uniform(-20, 20))
+        draw.line((x0, y0, *end), fill=tuple(int(v) for v in rng.integers(0, 255, 3)), width=1)
+    return _rgb(np.asarray(im, np.float32) + rng.normal(0, 3, scene.shape))
+
+
+def product_photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """E-commerce packshot: a shaded object with crisp edges and a printed label, on white, soft shadow."""
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", (width, height), (255, 255, 255))
+    w, h = rng.uniform(0.3, 0.5) * width, rng.uniform(0.45, 0.7) * height
+    left, top = (width - w) / 2, (height - h) / 2
+    shadow = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(shadow).ellipse((left, top + 0.9 * h, left + w, top + 1.1 * h), fill=90)
+    im.paste((150, 150, 150), mask=shadow.filter(ImageFilter.GaussianBlur(min(width, height) / 40)))
+    body = tuple(int(v) for v in rng.integers(30, 200, 3))
+    shading = Image.linear_gradient("L").rotate(90).resize((int(w), int(h)))
+    block = Image.composite(
+        Image.new("RGB", shading.size, body),
+        Image.new("RGB", shading.size, (250, 250, 250)),
+        shading.point(lambda v: 255 - v // 3),
+    )
+    mask = Image.new("L", block.size, 0)
+    ImageDraw.Draw(mask).rounded_rectangle((0, 0, *block.size), radius=int(min(w, h) / 8), fill=255)
+    im.paste(block, (int(left), int(top)), mask)
+    draw = ImageDraw.Draw(im)
+    for line in range(6):  # label text: thin high-contrast strokes
+        y0 = top + h * (0.35 + 0.05 * line)
+        for _ in range(int(rng.integers(4, 9))):
+            x0 = left + w * rng.uniform(0.2, 0.75)
+            draw.rectangle((x0, y0, x0 + rng.uniform(3, w / 10), y0 + max(1, h / 120)), fill=(15, 15, 15))
+    return _rgb(np.asarray(im, np.float32) + rng.normal(0, 0.8, (height, width, 3)))
+
+
+PHOTO_KINDS = {
+    "smooth": smooth_photo,
+    "noisy": noisy_photo,
+    "detailed": detailed_photo,
+    "product": product_photo,
+    "mixed": photo,
+}
+
+
+def varied_photo(kind: str, width: int, height: int, seed: int = 0, quality: int = 92) -> bytes:
+    """A JPEG (as a camera or a catalogue tool writes it) of the given kind; see PHOTO_KINDS."""
+    return _save(PHOTO_KINDS[kind](width, height, seed), "JPEG", quality=quality)
 
 
 # --- alpha ------------------------------------------------------------------------------------------------

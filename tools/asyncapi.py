@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from pydantic.json_schema import models_json_schema
 
 from localrun.supervisor import SERVICES
 from services.compressor.handler import ROUTES as COMPRESSOR_ROUTES
@@ -210,9 +211,19 @@ def document(settings: Settings | None = None) -> Doc:
         "operations": {k: v for e in events for k, v in _operations(e, topology, by, to).items()},
         "components": {
             "messages": {e.__name__: _message_object(e) for e in events},
-            "schemas": {"MessageHeaders": _headers(), **{e.__name__: e.model_json_schema() for e in events}},
+            "schemas": {"MessageHeaders": _headers(), **_payloads(events)},
         },
     }
+
+
+def _payloads(events: list[type[Event]]) -> Doc:
+    """Each event's JSON schema, and those of the models inside them (ImageRequested's options), side by
+    side in components/schemas, where their references point."""
+    _, schemas = models_json_schema(
+        [(e, "validation") for e in events], ref_template="#/components/schemas/{model}"
+    )
+    defs: Doc = schemas["$defs"]
+    return {e.__name__: defs.pop(e.__name__) for e in events} | defs
 
 
 class _Dumper(yaml.SafeDumper):

@@ -7,6 +7,12 @@ Decisions (each has a test in tests/unit/test_codec.py):
   WebP at `quality` with lossless alpha: WebP keeps alpha, is tens of times smaller than PNG for photos at
   a quarter of PNG's encode time, and every current browser shows it. An RGBA image whose alpha is 255
   everywhere is treated as opaque. Past WebP's 16383 px (or JPEG's 65500 px) side limit we fall back to PNG.
+  (encoding.py; an asked `format` overrides this rule.)
+* Image options (shared/image_options.py), each applied in its own step: the box (resize.py: after EXIF
+  orientation, JPEGs decoded at reduced scale), the format (encoding.py), the quality, fixed or `auto`
+  (perceptual.py). On animations: the box resizes every frame; `webp` and `jpeg` give animated WebP (JPEG
+  cannot animate), `avif` animated AVIF; a fixed quality applies to every frame; `auto` searches on the
+  first frame and applies its choice to all.
 * Safety. Only common web/photo formats are parsed at all (`ALLOWED_FORMATS`). The pixel count is checked
   from the header, before any decoding, against `max_pixels`; Pillow's own DecompressionBombWarning is
   turned into an error as well, so the effective limit is min(max_pixels, Image.MAX_IMAGE_PIXELS).
@@ -22,10 +28,11 @@ Decisions (each has a test in tests/unit/test_codec.py):
   (keeping GIF bytes instead would be simpler but saves nothing and keeps comments/XMP). All frames
   together must fit in `max_pixels`, so many frames cannot add up to a bomb, and there are at most
   `max_frames` of them, so neither can many tiny ones (counted without walking past the cap); frames are
-  not EXIF-rotated. Whatever slips through is bounded in time by the codec pool (handler.py).
+  not EXIF-rotated. Whatever slips through is bounded in time by the codec pool (codec_pool.py).
   Multi-image files that are not animations (MPO from phones, multi-page TIFF) use their first image.
 * Never larger, never leaking. If re-encoding does not make the image smaller, we keep the original,
-  but only in a form without private metadata: JPEG/MPO and PNG are stripped losslessly (their marker
+  unless the caller's box or format rules it out (then the output can, rarely, be the larger one), and
+  only in a form without private metadata: JPEG/MPO and PNG are stripped losslessly (their marker
   segments / chunks are copied except metadata ones); GIF, WebP, AVIF and BMP are kept verbatim only when
   they show no metadata. The original is not an option when it needs an EXIF rotation (stripping would turn
   it sideways), carries metadata we cannot strip, or is a TIFF: then the re-encoded image is returned even
@@ -43,6 +50,8 @@ from typing import Any, TypeVar
 import structlog
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
+from services.compressor import encoding, perceptual, resize
+from shared.image_options import ImageOptions
 from shared.magic import sniff
 
 log = structlog.get_logger()
@@ -60,14 +69,6 @@ CONTENT_TYPES = {
     "BMP": "image/bmp",
 }
 MAX_FRAMES = 2000  # frames of one animation, at most (each is decoded and re-encoded)
-WEBP_MAX_SIDE = 16383
-JPEG_MAX_SIDE = 65500
-# libwebp effort 0-6. Encoding a 2 MP RGBA photo: method 2 ~60 ms, method 4 ~150 ms for ~7% fewer bytes,
-# method 6 ~1.5 s.
-WEBP_METHOD = 2
-# Huffman optimisation shrinks JPEGs by ~8% for ~4 ms per 2 MP (~+35% of decode+encode); see the report.
-JPEG_OPTIMIZE = True
-
 _ORIENTATION = 0x0112
 # Info keys through which Pillow reports metadata that a verbatim copy would leak.
 _METADATA_KEYS = frozenset({"exif", "xmp", "XML:com.adobe.xmp", "comment", "extension", "photoshop", "iptc"})
@@ -77,10 +78,12 @@ _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 @dataclass(frozen=True)
 class CompressedImage:
     data: bytes
-    content_type: str  # "image/jpeg", "image/webp", "image/png" or, for a kept original, its own type
+    content_type: str  # "image/jpeg", "image/webp", "image/avif", "image/png", or a kept original's type
     kept_original: bool  # re-encoding would have grown it, so the original bytes were kept (metadata-free)
     width: int
     height: int
+    quality: int | None = None  # the encoder quality used; None for a kept original or lossless PNG
+    score: float | None = None  # quality=auto: the SSIMULACRA2 score measured at `quality` (on the sample)
 
 
 class ImageRejected(Exception):
@@ -99,9 +102,14 @@ class ImageRejected(Exception):
 
 
 def compress(
-    data: bytes, quality: int = 50, max_pixels: int = 50_000_000, max_frames: int = MAX_FRAMES
+    data: bytes,
+    quality: int = 50,
+    max_pixels: int = 50_000_000,
+    max_frames: int = MAX_FRAMES,
+    options: ImageOptions | None = None,
 ) -> CompressedImage:
-    """Re-encode `data` smaller at `quality` (1-100); see the module docstring for what that means."""
+    """Re-encode `data` smaller at `quality` (1-100), or as `options` ask; see the module docstring."""
+    options = options or ImageOptions()
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be 1-100, not {quality}")
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone flipped the global: we would silently emit half images
@@ -111,8 +119,8 @@ def compress(
         im = _open(_webp_alpha_flagged(data), max_pixels)
         with im:
             if im.format in ("GIF", "WEBP", "PNG") and _decoding(lambda: getattr(im, "is_animated", False)):
-                return _compress_animation(im, data, quality, max_pixels, max_frames)
-            return _compress_still(im, data, quality)
+                return _compress_animation(im, data, quality, max_pixels, max_frames, options)
+            return _compress_still(im, data, quality, options)
 
 
 # --- decoding -----------------------------------------------------------------------------------------------
@@ -167,20 +175,83 @@ def _sniff(data: bytes) -> str | None:
 # --- still images -------------------------------------------------------------------------------------------
 
 
-def _compress_still(im: ImageFile.ImageFile, data: bytes, quality: int) -> CompressedImage:
+def _compress_still(
+    im: ImageFile.ImageFile, data: bytes, quality: int, options: ImageOptions
+) -> CompressedImage:
+    stored_size = im.size
+    if options.resizes and im.format in ("JPEG", "MPO"):  # their EXIF is parsed on open, before loading
+        resize.draft_for_box(im, options, _orientation(im))
     _decoding(im.load)
-    upright = _orientation(im) == 1
-    if not upright:
+    orientation = _orientation(im)
+    if orientation != 1:
         _decoding(lambda: ImageOps.exif_transpose(im, in_place=True))
     fmt = im.format
     info = dict(im.info)  # what the source said, before conversions copy or drop it
     out, icc, alpha = _normalise(im)
-    encoded, content_type = _encode(out, quality, icc, alpha)
-    original = _clean_original(data, fmt, info, upright)
-    if original is not None and len(original) <= len(encoded):
-        assert fmt is not None
-        return CompressedImage(original, CONTENT_TYPES[fmt], True, out.width, out.height)
-    return CompressedImage(encoded, content_type, False, out.width, out.height)
+    fitted = resize.fitted_size(resize.upright_size(stored_size, orientation), options)
+    out = resize.resized(out, fitted)
+    output_format = encoding.choose_format(alpha, out.size, options.format)
+    if output_format is None:
+        raise _too_large_for(options, out.size)
+    _check_encodable(output_format)
+    if alpha and output_format == "JPEG":
+        out, alpha = encoding.flatten_onto_white(out), False
+    quality, score = _quality_for(out, output_format, quality, options)
+    encoded = encoding.encode(out, output_format, quality, icc)
+    if fitted is None and _keeps_format(fmt, options):
+        original = _clean_original(data, fmt, info, upright=orientation == 1)
+        if original is not None and len(original) <= len(encoded):
+            assert fmt is not None
+            return CompressedImage(original, CONTENT_TYPES[fmt], True, out.width, out.height)
+    lossy = output_format in encoding.LOSSY
+    return CompressedImage(
+        encoded,
+        encoding.CONTENT_TYPES[output_format],
+        False,
+        out.width,
+        out.height,
+        quality if lossy else None,
+        score if lossy else None,
+    )
+
+
+# --- image options ------------------------------------------------------------------------------------------
+
+
+def _keeps_format(fmt: str | None, options: ImageOptions) -> bool:
+    """Whether the original may stand in for the output: not when the caller asked for another format."""
+    return options.format is None or CONTENT_TYPES.get(fmt or "") == f"image/{options.format.value}"
+
+
+def _too_large_for(options: ImageOptions, size: tuple[int, int]) -> ImageRejected:
+    assert options.format is not None
+    limit = encoding.MAX_SIDES[options.format.name]
+    return ImageRejected(
+        f"{size[0]}x{size[1]} is too large for {options.format.value} (at most {limit} px a side); "
+        "set max_width/max_height",
+        "unsupported",
+    )
+
+
+def _check_encodable(output_format: str) -> None:
+    if output_format == "AVIF" and not encoding.AVIF_AVAILABLE:
+        raise ImageRejected("this server cannot encode avif (its Pillow lacks libavif)", "unsupported")
+
+
+def _quality_for(
+    im: Image.Image, output_format: str, default: int, options: ImageOptions
+) -> tuple[int, float | None]:
+    """The encoder quality for `im`: the asked one, the service's default, or (auto) the searched one."""
+    if not options.auto or output_format not in encoding.LOSSY:
+        return (options.quality if isinstance(options.quality, int) else default), None
+    choice = perceptual.choose_quality(
+        im,
+        lambda sample, quality: encoding.encode(sample, output_format, quality, None),
+        options.effective_target,
+        guess=perceptual.first_guess(output_format, options.effective_target),
+        fallback=default,
+    )
+    return choice.quality, choice.score
 
 
 def _orientation(im: Image.Image) -> int:
@@ -235,28 +306,16 @@ def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes
     return im.convert("RGB"), None
 
 
-def _encode(im: Image.Image, quality: int, icc: bytes | None, alpha: bool) -> tuple[bytes, str]:
-    """Encode with explicit parameters only: Pillow copies some metadata (e.g. JPEG comments, a PNG's
-    profile) from `im.info` unless told otherwise, so `info` is emptied first."""
-    im.info = {}
-    extra = {"icc_profile": icc} if icc else {}
-    out = BytesIO()
-    side = max(im.size)
-    if alpha and side <= WEBP_MAX_SIDE:
-        im.save(out, "WEBP", quality=quality, method=WEBP_METHOD, **extra)
-        return out.getvalue(), "image/webp"
-    if not alpha and side <= JPEG_MAX_SIDE:
-        im.save(out, "JPEG", quality=quality, optimize=JPEG_OPTIMIZE, **extra)
-        return out.getvalue(), "image/jpeg"
-    im.save(out, "PNG", **extra)  # too wide for WebP/JPEG: lossless, but at least it works
-    return out.getvalue(), "image/png"
-
-
 # --- animations ---------------------------------------------------------------------------------------------
 
 
 def _compress_animation(
-    im: ImageFile.ImageFile, data: bytes, quality: int, max_pixels: int, max_frames: int
+    im: ImageFile.ImageFile,
+    data: bytes,
+    quality: int,
+    max_pixels: int,
+    max_frames: int,
+    options: ImageOptions,
 ) -> CompressedImage:
     fmt, info = im.format, dict(im.info)
     width, height = im.size
@@ -280,28 +339,74 @@ def _compress_animation(
         durations.append(int(im.info.get("duration", 0)))
         transparent = transparent or im.has_transparency_data
     im.seek(0)
-    out = BytesIO()
+    encoded = _reencode_animation(im, frames, durations, info, transparent, quality, options)
+    if (encoded.width, encoded.height) == (width, height) and _keeps_format(fmt, options):
+        original = _clean_original(data, fmt, info, upright=True)
+        if original is not None and len(original) <= len(encoded.data):
+            assert fmt is not None
+            return CompressedImage(original, CONTENT_TYPES[fmt], True, width, height)
+    return encoded
+
+
+def _reencode_animation(
+    im: Image.Image,
+    frames: int,
+    durations: list[int],
+    info: dict[Any, Any],
+    transparent: bool,
+    quality: int,
+    options: ImageOptions,
+) -> CompressedImage:
+    """Every frame, in the box if there is one, as animated WebP (or AVIF when asked)."""
+    fitted = resize.fitted_size(im.size, options)
+    container = encoding.animation_format(options.format)
+    _check_encodable(container)
+    # Pillow encodes the source's own frames, except when they must be resized or AVIF is asked.
+    resized = None
+    if fitted is not None or container != "WEBP":
+        resized = _decoding(lambda: resize.resized_frames(im, frames, fitted))
+    first = resized[0] if resized else _decoding(lambda: im.convert("RGBA"))
+    quality, score = _quality_for(first, container, quality, options)
     icc = info.get("icc_profile") or None
     try:
-        im.save(
-            out,
-            "WEBP",
-            save_all=True,
-            duration=durations,
-            loop=info.get("loop", 1),  # a GIF without a loop extension plays once
-            background=(0, 0, 0, 0),  # what browsers show around frames, as for GIF
-            quality=quality,
-            method=WEBP_METHOD,
-            **({"icc_profile": icc} if icc and _icc_colour_space(icc) == b"RGB " else {}),
+        encoded = _save_animation(
+            resized or [im],
+            container,
+            durations,
+            info.get("loop", 1),
+            quality,
+            icc if icc and _icc_colour_space(icc) == b"RGB " else None,
         )
     except (OSError, ValueError) as exc:
         raise ImageRejected(f"animation could not be re-encoded ({exc})", "unsupported") from exc
-    encoded = _webp_alpha_flagged(out.getvalue()) if transparent else out.getvalue()
-    original = _clean_original(data, fmt, info, upright=True)
-    if original is not None and len(original) <= len(encoded):
-        assert fmt is not None
-        return CompressedImage(original, CONTENT_TYPES[fmt], True, width, height)
-    return CompressedImage(encoded, "image/webp", False, width, height)
+    if container == "WEBP" and transparent:
+        encoded = _webp_alpha_flagged(encoded)
+    width, height = fitted or im.size
+    return CompressedImage(encoded, encoding.CONTENT_TYPES[container], False, width, height, quality, score)
+
+
+def _save_animation(
+    frames: list[Image.Image],
+    container: str,
+    durations: list[int],
+    loop: int,
+    quality: int,
+    icc: bytes | None,
+) -> bytes:
+    """All frames (one multi-frame image, or a list of frames) as an animated WebP or AVIF."""
+    out = BytesIO()
+    frames[0].save(
+        out,
+        container,
+        save_all=True,
+        append_images=frames[1:],
+        duration=durations,
+        loop=loop,  # a GIF without a loop extension plays once
+        background=(0, 0, 0, 0),  # what browsers show around frames, as for GIF
+        **encoding.animation_params(container, quality),
+        **({"icc_profile": icc} if icc else {}),
+    )
+    return out.getvalue()
 
 
 def _frame_count(im: ImageFile.ImageFile, max_frames: int) -> int:

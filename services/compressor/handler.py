@@ -16,6 +16,7 @@ from services.compressor.wanted import WantedRequests
 from shared.bus import HandlerMethods, Publisher
 from shared.events import Event, ImageCompressed, ImageFailed, ImageRequested
 from shared.files import ImageMeta, ImageStore, StoredImage
+from shared.image_options import ImageOptions
 from shared.repository import OutcomeDoc, OutcomeStatus
 
 log = structlog.get_logger()
@@ -36,7 +37,9 @@ class Fetcher(Protocol):
 
 
 class Codec(Protocol):
-    async def compress(self, data: bytes, quality: int, max_pixels: int) -> CompressedImage: ...
+    async def compress(
+        self, data: bytes, quality: int, max_pixels: int, options: ImageOptions
+    ) -> CompressedImage: ...
 
 
 class Outcomes(Protocol):
@@ -76,23 +79,25 @@ class Compressor:
             return
         with SECONDS.labels("codec").time():
             try:
-                image = await self.codec.compress(original, self.quality, self.max_pixels)
+                image = await self.codec.compress(original, self.quality, self.max_pixels, event.options)
             except ImageRejected as exc:
                 await self._failed(event, exc.reason)
                 return
+        meta = ImageMeta(
+            contentType=image.content_type,
+            request_id=event.request_id,
+            index=event.index,
+            input_bytes=len(original),
+            kept_original=image.kept_original,
+            # what the outcome reports: stored with the file, so a redelivery reports it again
+            width=image.width,
+            height=image.height,
+            quality=image.quality,
+            score=image.score,
+        )
         with SECONDS.labels("store").time():
-            stored = await self.images.put(
-                event.file_id,
-                image.data,
-                filename=event.url.rsplit("/", 1)[-1][:200] or "image",
-                meta=ImageMeta(
-                    contentType=image.content_type,
-                    request_id=event.request_id,
-                    index=event.index,
-                    input_bytes=len(original),
-                    kept_original=image.kept_original,
-                ),
-            )
+            name = event.url.rsplit("/", 1)[-1][:200] or "image"
+            stored = await self.images.put(event.file_id, image.data, filename=name, meta=meta)
         BYTES.labels("in").inc(len(original))
         BYTES.labels("out").inc(len(image.data))
         await self._report(event, stored)
@@ -129,6 +134,10 @@ class Compressor:
                 index=first,
                 input_bytes=outcome.get("input_bytes", 0),
                 kept_original=outcome.get("kept_original", False),
+                width=outcome.get("width"),
+                height=outcome.get("height"),
+                quality=outcome.get("quality"),
+                score=outcome.get("score"),
             )
             file_id = outcome.get("file_id", event.file_id)
             await self._report(event, StoredImage(file_id, outcome.get("output_bytes", 0), meta))
@@ -158,6 +167,10 @@ class Compressor:
                 input_bytes=meta["input_bytes"],
                 output_bytes=stored.length,
                 kept_original=meta["kept_original"],
+                width=meta.get("width"),
+                height=meta.get("height"),
+                quality=meta.get("quality"),
+                score=meta.get("score"),
             )
         )
         log.info(

@@ -138,6 +138,7 @@ class Notifier:
             "failures": request.get("failures", []),
             "status_url": self.links.status(request["_id"]),
             "output_csv_url": self.links.output(request["_id"]),
+            "options": request.get("options", {}),
         }
 
     def _recorder(

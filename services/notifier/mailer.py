@@ -18,6 +18,7 @@ import aiosmtplib
 import structlog
 
 from services.notifier.delivery import AttemptOutcome
+from shared.image_options import ImageOptions
 from shared.settings import Settings
 
 log = structlog.get_logger()
@@ -65,7 +66,8 @@ def build_completion_email(
     """The "your request is done" email with the output CSV attached as `imagepipe-<request_id>.csv`.
 
     `summary` keys (all optional): `total_images`, `compressed`, `failed` (counts), `failures` (a list of
-    mappings with `url`, `reason` and optionally `index`) and `status_url`.
+    mappings with `url`, `reason` and optionally `index`), `status_url` and `options` (the request's
+    image options as stored).
     """
     total = int(summary.get("total_images", 0))
     compressed = int(summary.get("compressed", 0))
@@ -96,6 +98,7 @@ def _body(
         f"  Images:      {total}",
         f"  Compressed:  {compressed}",
         f"  Failed:      {failed}",
+        f"  Options:     {ImageOptions.from_stored(summary.get('options')).describe() or 'none (defaults)'}",
         "",
         f"The output CSV is attached as {filename}.",
     ]

@@ -146,6 +146,9 @@ def _outcome(event: Outcome, failure: str | None = None) -> OutcomeDoc:
     outcome["input_bytes"] = event.input_bytes
     outcome["output_bytes"] = event.output_bytes
     outcome["kept_original"] = event.kept_original
+    for detail in ("width", "height", "quality", "score"):  # None from a compressor predating them
+        if (value := getattr(event, detail)) is not None:
+            outcome[detail] = value
     return outcome
 
 

@@ -15,6 +15,8 @@ within ABANDONED_AFTER.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +26,8 @@ from email_validator import EmailNotValidError, validate_email
 from starlette.datastructures import UploadFile
 
 from services.upload.csv_input import CsvLimits, CsvReader
-from services.upload.errors import problem
+from services.upload.errors import ApiError, problem
+from shared.image_options import FIELDS, ImageOptions, InvalidImageOptions, parse_image_options
 from shared.mongo import StorageError, StorageUnavailable
 from shared.netguard import BlockedAddressError, check_host_literal
 from shared.repository import ROWS_PER_CHUNK, RequestDoc, RequestRepository, RowDoc, Upload
@@ -39,6 +42,43 @@ JANITOR_INTERVAL_S = 60.0
 
 class OutcomeUnknown(Exception):
     """The accept step failed, and the database did not say within SETTLE_WITHIN_S whether it landed."""
+
+
+@dataclass(frozen=True)
+class UploadFields:
+    """A checked upload form (the CSV's content is checked while it is stored)."""
+
+    file: UploadFile
+    email: str  # as it is sent: in ASCII (ascii_address)
+    webhook_url: str | None
+    options: ImageOptions
+
+
+def upload_fields(
+    form: Mapping[str, object], query: Mapping[str, str], *, allow_private: bool, max_csv_bytes: int
+) -> UploadFields:
+    """The form's fields (`email`, `webhook_url` and the image options may also be query parameters), or an
+    ApiError naming every bad one: 400 without a file, 422 with one; 413 for a file over the limit."""
+    file = form.get("file")
+    email = _text(form.get("email")) or query.get("email", "").strip()
+    webhook_url = _text(form.get("webhook_url")) or query.get("webhook_url", "").strip() or None
+    problems = form_problems(file, email, webhook_url, allow_private=allow_private)
+    options, option_problems = options_from_form(form, query)
+    problems += option_problems
+    if problems:
+        raise ApiError(422 if file is not None else 400, "invalid form fields", problems)
+    assert isinstance(file, UploadFile)
+    if file.size is not None and file.size > max_csv_bytes:
+        raise ApiError(
+            413,
+            f"CSV is larger than the {max_csv_bytes} byte limit",
+            [problem(f"{file.size} bytes; the limit is {max_csv_bytes}", field="file")],
+        )
+    return UploadFields(file, ascii_address(email), webhook_url, options)  # valid: form_problems checked it
+
+
+def _text(value: object) -> str:
+    return value.strip() if isinstance(value, str) else ""
 
 
 def form_problems(
@@ -72,6 +112,18 @@ def ascii_address(email: str) -> str:
     return validate_email(email, check_deliverability=False, allow_smtputf8=False).ascii_email or email
 
 
+def options_from_form(
+    form: Mapping[str, object], query: Mapping[str, str]
+) -> tuple[ImageOptions, list[dict[str, Any]]]:
+    """The image options (form fields, or query parameters like `email`), or the problems, each naming
+    its field. Values that are not text (a file sent as `quality`) are problems too."""
+    values = {name: form.get(name, query.get(name)) for name in FIELDS}
+    try:
+        return parse_image_options(values), []
+    except InvalidImageOptions as exc:
+        return ImageOptions(), [problem(reason, field=field) for field, reason in exc.problems]
+
+
 def webhook_url_problem(url: str, *, allow_private: bool) -> str | None:
     """Syntax, plus a refused address written as a literal; names are checked again at delivery time."""
     try:
@@ -90,16 +142,11 @@ def webhook_url_problem(url: str, *, allow_private: bool) -> str | None:
 
 
 async def store_request(
-    repo: RequestRepository,
-    limits: CsvLimits,
-    request_id: str,
-    file: UploadFile,
-    email: str,
-    webhook_url: str | None,
+    repo: RequestRepository, limits: CsvLimits, request_id: str, fields: UploadFields
 ) -> RequestDoc:
     """Raises CsvRejected (invalid file), StorageError (certainly not accepted; the caller discards what
     was stored) or OutcomeUnknown."""
-    reader = CsvReader(file.file, limits)
+    reader = CsvReader(fields.file.file, limits)
     chunks = reader.chunks(ROWS_PER_CHUNK)
     chunk_no = images = products = 0
     first_seen: dict[str, int] = {}  # URL -> index of its first occurrence: repeats are fetched once
@@ -121,13 +168,15 @@ async def store_request(
         products += len(rows)
     reader.raise_if_invalid()
     upload = Upload(
-        email=email,
-        webhook_url=webhook_url,
+        email=fields.email,
+        webhook_url=fields.webhook_url,
         columns=reader.columns,
         total_products=products,
         total_images=images,
         row_chunks=chunk_no,
     )
+    if not fields.options.is_default():
+        upload["options"] = fields.options.stored()
     await repo.create_request(request_id, upload)
     return await accept_upload(repo, request_id)
 

@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
+from shared.image_options import ImageOptions
 from shared.repository import OutcomeStatus, RequestStatus
 
 EXAMPLE_ID = "Xq3rT0a9VbKp2LmN4cD8eQ"
@@ -23,6 +24,10 @@ when the batch is done (an email with the output CSV, and a signed webhook if yo
 
 **Try it:** `POST /upload` → *Try it out* → choose `samples/products.csv`, give an email, *Execute*; then
 follow the `request_id` with `GET /status/{request_id}`, or open the web page at `/r/{request_id}`.
+
+**Image options** (optional fields of the same form): `max_width`/`max_height` (a box, aspect kept),
+`format` (`jpeg`, `webp`, `avif`), `quality` (1-95, or `auto`: per image, the lowest quality that meets an
+SSIMULACRA2 `target`). The status shows what each image became (`output_details`).
 
 **Errors** all have one shape, `{"error": ..., "problems": [{"row", "column", "field", "reason"}]}`.
 
@@ -38,9 +43,7 @@ TAGS = [
 
 
 # --- the upload form ------------------------------------------------------------------------------------
-class UploadForm(BaseModel):
-    """The multipart form of `POST /upload`, parsed in routes/uploads.py and checked in intake.py."""
-
+class _UploadFields(BaseModel):
     file: bytes = Field(
         description="The CSV: columns `S. No.`, `Product Name`, `Input Image Urls` (comma-separated URLs).",
         examples=[
@@ -55,22 +58,29 @@ class UploadForm(BaseModel):
         None,
         description="Optional: called (signed, Standard Webhooks) when the request completes, e.g. "
         "`https://hooks.example.com/imagepipe`.",
-        # Empty, so that /docs pre-fills nothing ("string" otherwise) and "Try it out" calls no one.
-        examples=[""],
     )
-    # Image options (issue 12) go here, one field each; the page and the CLI send them under the same names.
+
+
+# The multipart form of `POST /upload`, parsed and checked in intake.py (`upload_fields`): the fields above,
+# then every image option, as `ImageOptions` defines, describes and validates them (one definition for the
+# check, /docs, the page and the CLI, which send them under the same names).
+_OPTION_FIELDS: dict[str, Any] = {name: (f.annotation, f) for name, f in ImageOptions.model_fields.items()}
+UploadForm = create_model("UploadForm", __base__=_UploadFields, **_OPTION_FIELDS)
 
 
 def multipart_body(form: type[BaseModel]) -> dict[str, Any]:
     """An `openapi_extra` documenting a hand-parsed multipart form (bytes fields are file uploads)."""
     schema = form.model_json_schema()
     schema.pop("title", None)
-    for prop in schema["properties"].values():
-        # A form field is absent or a string: an optional one is documented as a string, not string-or-null.
-        options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
-        prop.update(options[0] if options else {})
+    defs = schema.pop("$defs", {})
+    for name, prop in schema["properties"].items():
+        # A form field is absent or text: an optional one is documented as what it holds, not as or-null.
+        options = [_inlined(o, defs) for o in prop.pop("anyOf", []) if o.get("type") != "null"]
+        prop.update(options[0] if len(options) == 1 else {"anyOf": options} if options else {})
         if "default" in prop and prop["default"] is None:
             del prop["default"]
+        if name not in schema.get("required", ()):
+            _examples_in_words(prop)
     return {
         "requestBody": {
             "required": True,
@@ -79,6 +89,24 @@ def multipart_body(form: type[BaseModel]) -> dict[str, Any]:
             },
         }
     }
+
+
+def _examples_in_words(prop: dict[str, Any]) -> None:
+    """An optional field's examples go into its description, and its example becomes empty: Swagger UI's
+    "Try it out" pre-fills every field with its first example (or "string", 0, the first of an enum), and an
+    empty field means "not given", so a first try sends only what was typed in."""
+    examples = [e for e in prop.get("examples", []) if e != ""]
+    if examples:
+        prop["description"] += " Example" + ("s: " if len(examples) > 1 else ": ")
+        prop["description"] += ", ".join(f"`{e}`" for e in examples) + "."
+    prop["examples"] = [""]
+
+
+def _inlined(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """A `$ref` to the form's own definitions (an enum) replaced by the definition: the form's schema is
+    copied into the operation, where those references would not resolve."""
+    ref = schema.get("$ref", "")
+    return {k: v for k, v in defs[ref.rsplit("/", 1)[-1]].items() if k != "title"} if ref else schema
 
 
 # --- answers --------------------------------------------------------------------------------------------
@@ -98,6 +126,9 @@ class ErrorBody(BaseModel):
     )
 
 
+OPTIONS_EXAMPLE = {"max_width": 800, "format": "webp", "quality": "auto", "target": 70.0}
+
+
 class UploadAccepted(BaseModel):
     request_id: str = Field(examples=[EXAMPLE_ID])
     status: RequestStatus
@@ -105,6 +136,11 @@ class UploadAccepted(BaseModel):
     output_csv_url: str = Field(examples=[f"http://127.0.0.1:8000/output/{EXAMPLE_ID}"])
     products: int = Field(examples=[3])
     images: int = Field(examples=[7])
+    options: ImageOptions = Field(
+        description="The image options as they will be applied: only those given (`{}`: the defaults), "
+        "with `auto`'s default `target` filled in.",
+        examples=[OPTIONS_EXAMPLE],
+    )
 
 
 class Failure(BaseModel):
@@ -118,11 +154,32 @@ class FailedImage(BaseModel):
     reason: str
 
 
+class OutputDetails(BaseModel):
+    """What one compressed image became (fields are null for images compressed before image options)."""
+
+    format: str | None = Field(description="The output's format: jpeg, webp, avif, png, gif, ...")
+    width: int | None
+    height: int | None
+    bytes: int | None
+    quality: int | None = Field(
+        description="The encoder quality used (with quality=auto, the one it chose); null for a kept "
+        "original or a lossless output."
+    )
+    score: float | None = Field(
+        description="With quality=auto: the SSIMULACRA2 score the chosen quality measured (on the sample "
+        "the search scores)."
+    )
+    kept_original: bool = Field(description="The original (without its metadata) was smaller: kept.")
+
+
 class ProductDetail(BaseModel):
     serial_number: str
     product_name: str
     input_urls: list[str]
     output_urls: list[str | None] = Field(
+        description="Aligned with input_urls; null while pending or failed."
+    )
+    output_details: list[OutputDetails | None] = Field(
         description="Aligned with input_urls; null while pending or failed."
     )
     failed: list[FailedImage]
@@ -160,6 +217,10 @@ class StatusBody(BaseModel):
     completed_at: datetime | None
     failures: list[Failure] = Field(description="The first 100 failures.")
     output_csv_url: str | None = Field(description="Set once the request is complete.")
+    options: ImageOptions = Field(
+        description="The request's image options; null: not given (the default applies).",
+        examples=[{**OPTIONS_EXAMPLE, "max_height": None}],
+    )
     product_details: list[ProductDetail] | None = Field(None, description="Only with view=full.")
     page: Page | None = Field(None, description="Only with view=full.")
     notifications: list[NotificationAttempt] | None = Field(None, description="Only with view=full.")
@@ -175,6 +236,7 @@ class ImageSnapshot(BaseModel):
     output_bytes: int | None
     kept_original: bool = Field(description="the original was smaller than any re-encoding")
     reason: str | None = Field(description="why it failed")
+    output_details: OutputDetails | None = Field(description="once compressed: format, size, quality, score")
 
 
 class ProgressSnapshot(StatusBody):

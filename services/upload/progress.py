@@ -17,7 +17,7 @@ import orjson
 import structlog
 
 from services.upload.errors import ApiError
-from services.upload.status_view import summary
+from services.upload.status_view import output_details, summary
 from shared.links import Links
 from shared.mongo import StorageError
 from shared.repository import FINAL_STATUSES, OutcomeDoc, RequestDoc, RequestRepository, RowDoc
@@ -51,6 +51,7 @@ def _image(row: RowDoc, url: str, found: OutcomeDoc | None, links: Links) -> dic
         "output_bytes": outcome.get("output_bytes"),
         "kept_original": outcome.get("kept_original", False),
         "reason": outcome.get("reason"),
+        "output_details": output_details(found),
     }
 
 

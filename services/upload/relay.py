@@ -29,6 +29,7 @@ from prometheus_client import Counter
 from shared.bus import Publisher
 from shared.events import ImageRequested
 from shared.files import output_file_id
+from shared.image_options import ImageOptions
 from shared.repository import OutboxEntry, RequestDoc, RequestRepository, RowChunkDoc
 from shared.runtime import wait_until_set
 
@@ -149,6 +150,7 @@ class OutboxRelay:
         """The events of images start .. start+count-1, and how many chunks are then wholly published;
         None if a chunk is missing."""
         request_id, end = request["_id"], start + count
+        options = ImageOptions.from_stored(request.get("options"))
         events: list[ImageRequested] = []
         chunk_no = request["published_chunks"]
         while chunk_no < request["row_chunks"]:
@@ -160,7 +162,7 @@ class OutboxRelay:
                 firsts = row.get("duplicate_of") or [None] * len(row["urls"])
                 for url, first in zip(row["urls"], firsts, strict=True):
                     if start <= index < end:
-                        events.append(_image_request(request_id, index, url, first))
+                        events.append(_image_request(request_id, index, url, first, options))
                     index += 1
             if index > end:
                 break  # this chunk has images left for the next top-up
@@ -194,13 +196,17 @@ def _soon() -> datetime:
     return datetime.now(UTC) + LEASE / 2
 
 
-def _image_request(request_id: str, index: int, url: str, first: int | None) -> ImageRequested:
-    # Every occurrence of a repeated URL shares its first occurrence's output id: fetched once, and an
-    # occurrence handled by any compressor finds (or, if it predates `duplicate_of`, writes) the same file.
+def _image_request(
+    request_id: str, index: int, url: str, first: int | None, options: ImageOptions
+) -> ImageRequested:
+    # Every occurrence of a repeated URL shares its first occurrence's output id (made with the request's
+    # options, like every id of the request): fetched once, and an occurrence handled by any compressor
+    # finds (or, if it predates `duplicate_of`, writes) the same file.
     return ImageRequested(
         request_id=request_id,
         index=index,
         url=url,
-        file_id=output_file_id(request_id, index if first is None else first),
+        file_id=output_file_id(request_id, index if first is None else first, options),
         duplicate_of=first,
+        options=options,
     )

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import orjson
 
+from shared.image_options import ImageOptions
 from shared.links import Links
 from shared.repository import OutcomeDoc, OutcomeStatus, RequestDoc, RequestRepository, RequestStatus, RowDoc
 
@@ -56,6 +57,7 @@ def summary(request: RequestDoc, links: Links) -> dict[str, Any]:
         "completed_at": request.get("completed_at"),
         "failures": request.get("failures", []),
         "output_csv_url": links.output(request_id) if completed else None,
+        "options": ImageOptions.from_stored(request.get("options")).model_dump(mode="json"),
     }
 
 
@@ -68,11 +70,29 @@ def _product(row: RowDoc, outcomes: list[OutcomeDoc | None], links: Links) -> di
             links.image(o.get("file_id", "")) if o and o["status"] == OutcomeStatus.COMPRESSED else None
             for o in outcomes
         ],
+        "output_details": [output_details(o) for o in outcomes],
         "failed": [
             {"url": o["url"], "reason": o.get("reason", "")}
             for o in outcomes
             if o and o["status"] == OutcomeStatus.FAILED
         ],
+    }
+
+
+def output_details(outcome: OutcomeDoc | None) -> dict[str, Any] | None:
+    """What became of one image (aligned with `input_urls`): None until it is compressed, or if it failed.
+    `quality` is the encoder quality used (`auto`'s choice included), `score` auto's SSIMULACRA2 score."""
+    if outcome is None or outcome["status"] != OutcomeStatus.COMPRESSED:
+        return None
+    content_type = outcome.get("content_type", "")
+    return {
+        "format": content_type.removeprefix("image/") or None,
+        "width": outcome.get("width"),
+        "height": outcome.get("height"),
+        "bytes": outcome.get("output_bytes"),
+        "quality": outcome.get("quality"),
+        "score": round(score, 1) if (score := outcome.get("score")) is not None else None,
+        "kept_original": outcome.get("kept_original", False),
     }
 
 

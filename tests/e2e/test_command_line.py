@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import os
 import sys
 from pathlib import Path
+
+from PIL import Image
 
 from cli.exit_codes import Exit
 from localrun.samples import photo
@@ -113,3 +116,42 @@ async def test_the_api_key_comes_from_the_environment(stack: Stack, secured_api:
         secured_api, "upload", str(path), "--email", "a@example.com", "--wait", key=API_KEY
     )
     assert code == Exit.OK, err
+
+
+async def test_upload_with_image_options_and_download_what_they_made(stack: Stack, tmp_path: Path) -> None:
+    path = catalogue(stack, tmp_path, "cliopt", 3)
+    options = ("--max-width", "240", "--max-height", "180", "--format", "webp", "--quality", "auto")
+    code, out, err = await imagepipe(
+        stack.api, "upload", str(path), "--email", "a@example.com", *options, "--target", "60", "--wait"
+    )
+    assert code == Exit.OK, err
+    assert "options  max_width=240 · max_height=180 · format=webp · quality=auto · target=60" in err
+    request_id = out.strip()
+
+    code, out, _ = await imagepipe(stack.api, "status", request_id, "--json")
+    assert code == Exit.OK
+    status = json.loads(out)
+    assert status["options"] == {
+        "max_width": 240, "max_height": 180, "format": "webp", "quality": "auto", "target": 60.0,
+    }  # fmt: skip
+    details = [d for product in status["product_details"] for d in product["output_details"]]
+    assert [(d["format"], d["width"], d["height"]) for d in details] == [("webp", 225, 180)] * 3  # 500x400
+    assert all(d["quality"] and d["score"] >= 60 for d in details)
+
+    folder = tmp_path / "out"
+    code, _, err = await imagepipe(stack.api, "download", request_id, "-o", str(folder))
+    assert code == Exit.OK, err
+    names = sorted(p.name for p in (folder / "images").iterdir())
+    assert names == ["A-1-1.webp", "A-1-2.webp", "A_2-1.webp"]
+    with Image.open(folder / "images" / names[0]) as im:
+        assert (im.format, im.size) == ("WEBP", (225, 180))
+
+
+async def test_a_bad_image_option_is_refused_naming_it(stack: Stack, tmp_path: Path) -> None:
+    path = catalogue(stack, tmp_path, "clibadopt", 1)
+    code, out, err = await imagepipe(
+        stack.api, "upload", str(path), "--email", "a@example.com", "--quality", "0", "--format", "bmp"
+    )
+    assert code == Exit.REFUSED and out == ""
+    assert "HTTP 422" in err and "- format: format must be one of jpeg, webp, avif" in err
+    assert "- quality: quality must be 'auto' or a whole number from 1 to 95, not 0" in err

@@ -23,6 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from shared.image_options import DEFAULT_TARGET
 from tests.stack import Stack
 
 SAMPLE_CSV = Path(__file__).resolve().parents[2] / "samples" / "products.csv"
@@ -82,6 +83,15 @@ async def test_docs_try_it_out_uploads_the_sample_csv(stack: Stack, browser: Bro
     await expect(answer.locator(".response-col_status")).to_have_text("202", timeout=15_000)
     body = json.loads(await answer.locator(".response-col_description pre").first.inner_text())
     assert (body["products"], body["images"]) == (3, 7)  # the sample CSV, as uploaded by the browser
+    assert body["options"] == {}  # the image options' fields start empty: nothing sent, the defaults
     status = await stack.status(body["request_id"])
     assert status["total_images"] == 7
+
+    # The image options are fields of the same form.
+    await upload.get_by_placeholder("max_width").fill("320")
+    await upload.get_by_placeholder("quality").fill("auto")
+    await upload.get_by_role("button", name="Execute").click()
+    await expect(answer.locator(".response-col_description pre").first).to_contain_text('"max_width": 320')
+    body = json.loads(await answer.locator(".response-col_description pre").first.inner_text())
+    assert body["options"] == {"max_width": 320, "quality": "auto", "target": DEFAULT_TARGET}
     await page.close()

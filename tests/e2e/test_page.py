@@ -11,6 +11,7 @@ from pathlib import Path
 from playwright.async_api import Browser, expect
 
 from localrun.samples import photo
+from tests import images
 from tests.e2e.conftest import API_KEY
 from tests.e2e.test_pipeline import product_csv
 from tests.stack import Stack
@@ -108,4 +109,55 @@ async def test_with_api_keys_on_the_page_asks_for_one_and_follows_with_it(
     # The live page follows with the key (EventSource: as ?api_key=) to the end.
     await expect(page.locator("#state")).to_have_text("COMPLETED", timeout=60_000)
     await expect(page.locator('.thumb[data-status="COMPRESSED"]')).to_have_count(1)
+    await page.close()
+
+
+async def test_image_options_from_the_page_and_what_each_image_became(
+    stack: Stack, browser: Browser, tmp_path: Path
+) -> None:
+    origin = stack.origin
+    origin.images["page-opt-0.jpg"] = images.varied_photo("detailed", 800, 600, seed=7)
+    origin.images["page-opt-1.png"] = images.png_with_alpha(300, 200)
+    csv_path = tmp_path / "options.csv"
+    csv_path.write_text(
+        product_csv(
+            [("1", "Mug", [origin.url("page-opt-0.jpg")]), ("2", "Cutout", [origin.url("page-opt-1.png")])]
+        )
+    )
+    page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+    await page.goto(f"{stack.api}/")
+    await page.locator("#file").set_input_files(csv_path)
+    await page.locator("#email").fill("team@example.com")
+    await expect(page.locator("#target")).to_be_disabled()  # target goes with quality=auto only
+    await page.locator("#max_width").fill("320")
+    await page.locator("#format").select_option("webp")
+    await page.locator("#quality").fill("0")
+    await page.get_by_role("button", name="Upload and compress").click()
+    # A bad value is refused by the server, named, and nothing is uploaded.
+    await expect(page.locator("#upload-error")).to_contain_text("quality: quality must be")
+    assert page.url == f"{stack.api}/"
+
+    await page.locator("#quality").fill("auto")
+    await expect(page.locator("#target")).to_be_enabled()
+    await page.locator("#target").fill("60")
+    await page.get_by_role("button", name="Upload and compress").click()
+    await expect(page).to_have_url(re.compile(r"/r/[A-Za-z0-9_-]{16,}$"))
+    await expect(page.locator("#state")).to_have_text("COMPLETED", timeout=60_000)
+    await expect(page.locator("#request-options")).to_have_text(
+        "image options: max_width=320 · format=webp · quality=auto · target=60"
+    )
+    details = page.locator(".thumb .details")
+    await expect(details).to_have_count(2)
+    await expect(details.nth(0)).to_have_text(
+        re.compile(r"^WEBP · 320\u00d7240 · q \d+ · score (6\d|[7-9]\d)(\.\d)?$")
+    )
+    await expect(details.nth(1)).to_have_text(re.compile(r"^WEBP · 300\u00d7200 · q \d+ · score \d+(\.\d)?$"))
+    status = await stack.status(page.url.rsplit("/", 1)[1])
+    assert status["options"] == {
+        "max_width": 320, "max_height": None, "format": "webp", "quality": "auto", "target": 60.0,
+    }  # fmt: skip
+    if os.environ.get("IMAGEPIPE_SCREENSHOT"):
+        await page.screenshot(
+            path=os.environ["IMAGEPIPE_SCREENSHOT"].replace(".png", "-options.png"), full_page=True
+        )
     await page.close()

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from services.upload import intake
 from services.upload.app import create_app
 from shared.events import NotificationRequested
+from shared.image_options import DEFAULT_TARGET
 from shared.mongo import Mongo, StorageUnavailable
 from shared.repository import MongoRequestRepository, OutcomeDoc, OutcomeStatus, RequestDoc, RowDoc
 from shared.settings import Settings
@@ -87,6 +88,63 @@ async def test_invalid_form_fields_are_named(
     problems = response.json()["problems"]
     assert [p["field"] for p in problems] == [field]
     assert reason in problems[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "reason"),
+    [
+        ({"quality": "0"}, "quality", "from 1 to 95, not 0"),
+        ({"quality": "auto", "target": "200"}, "target", "from 10 to 95"),
+        ({"target": "70"}, "target", "only with quality=auto"),
+        ({"format": "bmp"}, "format", "one of jpeg, webp, avif"),
+        ({"max_width": "-1"}, "max_width", "not -1"),
+        ({"max_height": "big"}, "max_height", "whole number of pixels"),
+    ],
+)
+async def test_invalid_image_options_are_named_and_nothing_is_stored(
+    api: httpx.AsyncClient, mongo: Mongo, data: dict[str, str], field: str, reason: str
+) -> None:
+    response = await post_csv(api, GOOD_CSV, **data)
+    assert response.status_code == 422
+    (found,) = response.json()["problems"]
+    assert found["field"] == field and reason in found["reason"]
+    assert await mongo.requests.count_documents({}) == 0 and await mongo.rows.count_documents({}) == 0
+
+
+async def test_every_bad_field_is_named_in_one_answer(api: httpx.AsyncClient) -> None:
+    response = await post_csv(api, GOOD_CSV, email="nope", quality="0", format="bmp", max_width="-1")
+    assert response.status_code == 422
+    assert [p["field"] for p in response.json()["problems"]] == ["email", "max_width", "format", "quality"]
+
+
+async def test_image_options_are_stored_with_the_request_and_shown_in_its_status(
+    api: httpx.AsyncClient, mongo: Mongo
+) -> None:
+    response = await post_csv(api, GOOD_CSV, max_width="800", format="WebP", quality="auto")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    expected = {"max_width": 800, "format": "webp", "quality": "auto", "target": DEFAULT_TARGET}
+    assert body["options"] == expected  # auto's target is pinned when the request is accepted
+    stored = await mongo.requests.find_one({"_id": body["request_id"]})
+    assert stored is not None and stored["options"] == expected
+    status = (await api.get(f"/status/{body['request_id']}")).json()
+    assert status["options"] == {"max_height": None, **expected}
+    assert status["product_details"][0]["output_details"] == [None, None]
+
+
+async def test_image_options_may_come_as_query_parameters_like_email(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/upload?email=q@example.com&quality=70&max_height=300",
+        files={"file": ("p.csv", GOOD_CSV.encode(), "text/csv")},
+    )
+    assert response.status_code == 202 and response.json()["options"] == {"max_height": 300, "quality": 70}
+
+
+async def test_a_request_without_options_stores_none(api: httpx.AsyncClient, mongo: Mongo) -> None:
+    body = (await post_csv(api, GOOD_CSV)).json()
+    assert body["options"] == {}
+    stored = await mongo.requests.find_one({"_id": body["request_id"]})
+    assert stored is not None and "options" not in stored
 
 
 async def test_missing_file_is_a_bad_request(api: httpx.AsyncClient) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from shared.image_options import DEFAULT_TARGET
 from tests.conftest import AMQP_URL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +43,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
         "## Memory",
         "## Status reads",
         "## Large upload",
+        "## Image options (codec only)",  # make bench runs every section
     ):
         assert heading in report
     results = json.loads((work / "results.json").read_text())
@@ -83,6 +85,52 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
         assert (
             check["measured"] and f"{'PASS' if check['passed'] else 'MISS'}  {check['target']}" in done.stdout
         )
+
+
+def test_the_image_options_section_runs_alone_and_reports_every_mode(tmp_path: Path) -> None:
+    """`python -m bench --section options --quick`: codec only, into an existing report, in place."""
+    work, out = tmp_path / "work", tmp_path / "report"
+    out.mkdir()
+    (out / "benchmarks.md").write_text("# Benchmarks\n\n## Throughput\n\nfrom the pipeline\n")
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--section",
+        "options",
+        "--quick",
+        "--work",
+        str(work),
+        "--out",
+        str(out),
+    ]
+    for _ in range(2):  # the second run replaces the first's section
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+    report = (out / "benchmarks.md").read_text()
+    assert report.count("## Image options (codec only)") == 1 and "from the pipeline" in report
+    assert "calibration against fixed quality 50" in report
+
+    results = json.loads((work / "options.json").read_text())
+    images = len(results["corpus"])
+    assert images == 5 and {c["kind"] for c in results["corpus"]} == {
+        "smooth",
+        "noisy",
+        "detailed",
+        "product",
+        "mixed",
+    }
+    assert list(results["modes"]) == ["default", "max_width=800", "webp", "avif", "auto"]
+    for name, mode in results["modes"].items():
+        assert len(mode["bytes"]) == len(mode["cpu_ms"]) == len(mode["scores"]) == images, name
+        assert positive(mode["total_bytes"]) and positive(mode["mean_cpu_ms"]), name
+        assert all(-100 < s <= 100 for s in mode["scores"]) and mode["worst"] <= mode["mean"], name
+    assert all(e is not None for e in results["modes"]["auto"]["estimates"])  # auto's own scores
+    assert results["calibration"] and positive(results["search"]["probes"])
+    assert [c["target"] for c in results["checks"]][:2] == [
+        f"auto (target {DEFAULT_TARGET:g}) spends no more bytes than quality 50",
+        "auto's worst image scores no worse than quality 50's worst",
+    ]
 
 
 def test_profile_samples_are_sorted_into_categories() -> None:

@@ -8,15 +8,19 @@ from collections.abc import AsyncIterator
 import pytest
 
 from localrun.samples import photo
+from services.compressor import codec_pool
+from services.compressor.codec import ImageRejected
 from services.compressor.codec_pool import CodecPool
 from services.compressor.fetch import FetchPolicy, SafeFetcher
 from services.compressor.handler import Compressor
 from shared.events import ImageCompressed, ImageFailed, ImageRequested
 from shared.files import GridFsImageStore, output_file_id
+from shared.image_options import ImageOptions, OutputFormat
 from shared.mongo import Mongo
 from shared.repository import MongoRequestRepository
 from shared.settings import Settings
 from tests.fakes import RecordingPublisher
+from tests.images import varied_photo
 from tests.origin import Origin
 
 
@@ -152,3 +156,44 @@ async def test_an_image_over_its_time_budget_fails_and_its_codec_worker_is_repla
     finally:
         await fetcher.close()
         slow.close()
+
+
+async def test_options_reach_the_codec_processes_and_a_redelivery_reports_the_same_details(
+    compressor: Compressor, origin: Origin, mongo: Mongo
+) -> None:
+    origin.images["o.jpg"] = varied_photo("detailed", 640, 480, seed=4)
+    options = ImageOptions(max_width=320, format=OutputFormat.AVIF, quality="auto", target=60)
+    event = ImageRequested(
+        request_id="req-o",
+        index=0,
+        url=origin.url("o.jpg"),
+        file_id=output_file_id("req-o", 0, options),
+        options=options,
+    )
+    await compressor.compress(event)
+    await compressor.compress(event)  # found in GridFS: reported from its stored details
+
+    first, second = compressor.publisher.events  # type: ignore[attr-defined]
+    assert (first.content_type, first.width, first.height) == ("image/avif", 320, 240)
+    assert first.quality is not None and first.score is not None and first.score >= 60
+    assert second.model_dump(exclude={"event_id", "occurred_at"}) == first.model_dump(
+        exclude={"event_id", "occurred_at"}
+    )
+    assert origin.hits["o.jpg"] == 1
+
+
+async def test_quality_auto_gets_its_search_time_on_top_of_the_per_image_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The search encodes and scores a sample ~5 times: far more than this budget, which the allowance covers.
+    pool = CodecPool(1, time_budget=0.25)
+    await pool.warm_up()
+    data, auto = varied_photo("detailed", 1200, 900, seed=5), ImageOptions(quality="auto", target=60)
+    try:
+        image = await pool.compress(data, 50, 10**8, auto)
+        assert image.quality is not None and image.score is not None and image.score >= 60
+        monkeypatch.setattr(codec_pool, "AUTO_ALLOWANCE_S", 0.0)  # the control: without it, over budget
+        with pytest.raises(ImageRejected, match=r"took longer than 0.25 s"):
+            await pool.compress(data, 50, 10**8, auto)
+    finally:
+        pool.close()

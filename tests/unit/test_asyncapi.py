@@ -28,8 +28,14 @@ Doc = dict[str, Any]
 
 # One instance of every event, as its publisher sends it: the document must describe these.
 EXAMPLES: dict[str, Event] = {
-    "ImageRequested": EVENT_TYPES["ImageRequested"](
-        request_id="r1", index=0, url="https://e.x/a.jpg", file_id="f1"
+    "ImageRequested": EVENT_TYPES["ImageRequested"].model_validate(
+        {
+            "request_id": "r1",
+            "index": 0,
+            "url": "https://e.x/a.jpg",
+            "file_id": "f1",
+            "options": {"max_width": 800, "format": "webp", "quality": "auto", "target": 70},
+        }
     ),
     "ImageCompressed": EVENT_TYPES["ImageCompressed"](
         request_id="r1",
@@ -172,11 +178,15 @@ def test_the_document_agrees_with_the_architecture_page(doc: Doc, event: str) ->
 @pytest.mark.parametrize("event", EVENT_TYPES)
 def test_the_payload_schema_describes_what_the_publisher_sends(doc: Doc, event: str) -> None:
     message = _resolve(doc, _channel_of(doc, event)[1]["messages"][event]["$ref"])
-    schema = _resolve(doc, message["payload"]["$ref"])
+    # Rooted in the document, where its references (ImageRequested's options) point.
+    schema = {**_resolve(doc, message["payload"]["$ref"]), "components": doc["components"]}
     jsonschema.Draft7Validator.check_schema(schema)
     sent = json.loads(EXAMPLES[event].model_dump_json())
     jsonschema.validate(sent, schema, cls=jsonschema.Draft7Validator)
     without_request = {k: v for k, v in sent.items() if k != "request_id"}
     assert not jsonschema.Draft7Validator(schema).is_valid(without_request)
+    if "options" in sent:  # what the options allow is in the document too
+        bad = {**sent, "options": {**sent["options"], "format": "bmp"}}
+        assert not jsonschema.Draft7Validator(schema).is_valid(bad)
     headers = _resolve(doc, message["headers"]["$ref"])
     assert {"request_id", "x-attempt"} <= set(headers["properties"])

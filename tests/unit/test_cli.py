@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from cli.api import default_base_url
@@ -64,3 +67,27 @@ def test_upload_takes_file_email_webhook_wait_and_url() -> None:
     with pytest.raises(SystemExit) as missing_email:
         parser().parse_args(["upload", "p.csv"])
     assert missing_email.value.code == Exit.USAGE
+
+
+def test_upload_sends_the_image_options_given_as_form_fields(tmp_path: Path) -> None:
+    csv_path = tmp_path / "p.csv"
+    csv_path.write_text("S. No.,Product Name,Input Image Urls\n")
+    argv = ["upload", str(csv_path), "--email", "a@example.com", "--max-width", "800", "--format", "webp"]
+    args = parser().parse_args([*argv, "--quality", "auto", "--target", "70"])
+    sent: list[dict[str, str]] = []
+
+    class RecordingApi:
+        def upload(self, path: str, fields: dict[str, str]) -> dict[str, Any]:
+            sent.append(fields)
+            return {"request_id": "r1", "products": 0, "images": 0, "options": {"max_width": 800}}
+
+        def page_url(self, request_id: str) -> str:
+            return f"http://h/r/{request_id}"
+
+    assert args.run(RecordingApi(), args) == Exit.OK
+    assert sent == [
+        {"email": "a@example.com", "max_width": "800", "format": "webp", "quality": "auto", "target": "70"}
+    ]  # as typed: the server checks them, and names a bad one
+    args = parser().parse_args(argv[:4])
+    args.run(RecordingApi(), args)
+    assert sent[-1] == {"email": "a@example.com"}  # none given: none sent, the defaults apply

@@ -9,7 +9,7 @@ from io import BytesIO
 import pytest
 from PIL import Image, ImageFile
 
-from services.compressor import codec
+from services.compressor import codec, encoding
 from services.compressor.codec import CompressedImage, ImageRejected, compress
 from tests import images
 
@@ -274,17 +274,16 @@ def test_alpha_that_hides_nothing_is_encoded_as_jpeg() -> None:
 
 
 def test_alpha_wider_than_webp_allows_falls_back_to_png() -> None:
-    im = Image.new("RGBA", (codec.WEBP_MAX_SIDE + 1, 2), (10, 200, 30, 255))
+    im = Image.new("RGBA", (encoding.WEBP_MAX_SIDE + 1, 2), (10, 200, 30, 255))
     im.putpixel((0, 0), (0, 0, 0, 0))
-    data, content_type = codec._encode(im, 50, None, alpha=True)
-    assert content_type == "image/png"
-    assert px(decode(data), (0, 0))[3] == 0
+    assert encoding.choose_format(True, im.size, None) == "PNG"
+    assert px(decode(encoding.encode(im, "PNG", 50, None)), (0, 0))[3] == 0
 
 
 def test_opaque_wider_than_jpeg_allows_falls_back_to_png() -> None:
-    data, content_type = codec._encode(Image.new("RGB", (codec.JPEG_MAX_SIDE + 1, 1)), 50, None, alpha=False)
-    assert content_type == "image/png"
-    assert decode(data).size == (codec.JPEG_MAX_SIDE + 1, 1)
+    size = (encoding.JPEG_MAX_SIDE + 1, 1)
+    assert encoding.choose_format(False, size, None) == "PNG"
+    assert decode(encoding.encode(Image.new("RGB", size), "PNG", 50, None)).size == size
 
 
 # --- other modes and formats ------------------------------------------------------------------------------
@@ -418,7 +417,7 @@ def test_small_clean_gif_animation_is_kept_verbatim() -> None:
 
 def test_low_quality_jpeg_with_metadata_is_kept_without_its_metadata() -> None:
     data = images.jpeg_with_metadata(256, 256, quality=25)
-    reencoded, _ = codec._encode(decode(data), 50, None, alpha=False)
+    reencoded = encoding.encode(decode(data), "JPEG", 50, None)
     stripped = codec.strip_jpeg(data)
     assert stripped is not None and len(stripped) < len(reencoded) < len(data)  # the case we mean to test
     result = compress(data, quality=50)

@@ -13,6 +13,7 @@ from services.compressor.hosts import HostLimiter, origin_of
 from services.compressor.wanted import WantedRequests
 from shared.events import ImageCompressed, ImageFailed, ImageRequested
 from shared.files import ImageMeta
+from shared.image_options import ImageOptions, OutputFormat
 from shared.repository import OutcomeDoc, OutcomeStatus, RequestStatus
 from tests.fakes import FakeFetcher, FakeImageStore, FakeRequestRepository, HalvingCodec, RecordingPublisher
 
@@ -60,6 +61,35 @@ async def test_a_stored_output_is_reported_again_without_fetching(compressor: Co
         40,
         True,
     )
+
+
+async def test_the_requests_options_reach_the_codec_and_its_choices_are_reported_and_stored(
+    compressor: Compressor,
+) -> None:
+    options = ImageOptions(max_width=8, format=OutputFormat.AVIF, quality="auto", target=70)
+    event = ImageRequested(request_id="r1", index=3, url=URL, file_id="e" * 32, options=options)
+    await compressor.compress(event)
+    assert compressor.codec.options == [options]  # type: ignore[attr-defined]
+    _, meta = compressor.images.files["e" * 32]  # type: ignore[attr-defined]
+    assert (meta["contentType"], meta["width"], meta["quality"], meta["score"]) == ("image/avif", 8, 42, 61.5)
+    (first,) = compressor.publisher.events  # type: ignore[attr-defined]
+    assert (first.content_type, first.width, first.height, first.quality, first.score) == (
+        "image/avif", 8, 8, 42, 61.5,
+    )  # fmt: skip
+
+    await compressor.compress(event)  # a redelivery: found stored, reported the same
+    second = compressor.publisher.events[1]  # type: ignore[attr-defined]
+    assert second.model_dump(exclude={"event_id", "occurred_at"}) == first.model_dump(
+        exclude={"event_id", "occurred_at"}
+    )
+    assert compressor.fetcher.fetched == [URL]  # type: ignore[attr-defined]
+
+
+async def test_an_event_without_options_compresses_with_the_defaults(compressor: Compressor) -> None:
+    await compressor.compress(requested())
+    assert compressor.codec.options == [ImageOptions()]  # type: ignore[attr-defined]
+    (event,) = compressor.publisher.events  # type: ignore[attr-defined]
+    assert (event.content_type, event.quality, event.score) == ("image/jpeg", 50, None)
 
 
 async def test_a_final_fetch_failure_fails_the_image_with_its_reason(compressor: Compressor) -> None:
@@ -119,6 +149,32 @@ async def test_a_repeated_url_reports_the_shared_output_its_first_occurrence_sto
     assert compressor.fetcher.fetched == []  # type: ignore[attr-defined]
     (event,) = compressor.publisher.events  # type: ignore[attr-defined]
     assert isinstance(event, ImageCompressed) and (event.index, event.output_bytes) == (3, 50)
+
+
+async def test_a_repeated_url_copies_its_first_occurrences_output_with_its_details(
+    compressor: Compressor,
+) -> None:
+    outcomes: FakeRequestRepository = compressor.outcomes  # type: ignore[assignment]
+    details = {"width": 400, "height": 300, "quality": 61, "score": 60.4}
+    outcomes.outcomes[("r1", 1)] = first_outcome(
+        OutcomeStatus.COMPRESSED,
+        file_id="a" * 32,
+        content_type="image/webp",
+        input_bytes=100,
+        output_bytes=40,
+        **details,
+    )
+    await compressor.compress(requested(duplicate_of=1))
+    assert compressor.fetcher.fetched == []  # type: ignore[attr-defined]
+    (event,) = compressor.publisher.events  # type: ignore[attr-defined]
+    assert isinstance(event, ImageCompressed)
+    assert (event.index, event.file_id, event.content_type, event.output_bytes) == (
+        3,
+        "a" * 32,
+        "image/webp",
+        40,
+    )
+    assert (event.width, event.height, event.quality, event.score) == tuple(details.values())
 
 
 async def test_a_repeated_url_waits_for_its_first_occurrence(

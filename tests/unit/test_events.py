@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import pydantic
 import pytest
 
 from shared.events import (
     EVENT_TYPES,
+    Event,
     ImageCompressed,
     ImageFailed,
     ImageRequested,
@@ -15,9 +18,19 @@ from shared.events import (
     RequestCompleted,
     parse_event,
 )
+from shared.image_options import ImageOptions, OutputFormat
 
 EXAMPLES = [
     ImageRequested(request_id="r", index=0, url="https://a/b.jpg", file_id="f" * 32),
+    ImageRequested(
+        request_id="r",
+        index=0,
+        url="https://a/b.jpg",
+        file_id="f" * 32,
+        options=ImageOptions(
+            max_width=800, max_height=600, format=OutputFormat.AVIF, quality="auto", target=70
+        ),
+    ),
     ImageCompressed(
         request_id="r",
         index=1,
@@ -67,3 +80,69 @@ def test_unknown_fields_from_a_newer_producer_are_ignored() -> None:
         .replace("{", '{"extra": 1, ', 1)
     )
     assert isinstance(parse_event(body.encode()), ImageFailed)
+
+
+# --- ImageRequested version 2 (image options) during a rolling upgrade ------------------------------------
+
+# Bodies exactly as the release before image options published them.
+V1_IMAGE_REQUESTED = (
+    b'{"version": 1, "event_id": "e1", "request_id": "r", "occurred_at": "2026-11-30T10:00:00Z", '
+    b'"index": 4, "url": "https://a/b.jpg", "type": "ImageRequested", "file_id": "' + b"f" * 32 + b'"}'
+)
+V1_IMAGE_COMPRESSED = (
+    b'{"version": 1, "event_id": "e2", "request_id": "r", "occurred_at": "2026-11-30T10:00:01Z", '
+    b'"index": 4, "url": "https://a/b.jpg", "type": "ImageCompressed", "file_id": "' + b"f" * 32 + b'", '
+    b'"content_type": "image/jpeg", "input_bytes": 100, "output_bytes": 40, "kept_original": false}'
+)
+
+
+class ImageRequestedV1(Event):
+    """The consumer's model as it was before image options: what a compressor not yet upgraded runs."""
+
+    routing_key: ClassVar[str] = "image.requested"
+    type: Literal["ImageRequested"] = "ImageRequested"
+    index: int
+    url: str
+    file_id: str
+
+
+class ImageCompressedV1(Event):
+    routing_key: ClassVar[str] = "image.compressed"
+    type: Literal["ImageCompressed"] = "ImageCompressed"
+    index: int
+    url: str
+    file_id: str
+    content_type: str
+    input_bytes: int
+    output_bytes: int
+    kept_original: bool = False
+
+
+def test_a_version_1_image_request_in_flight_reads_as_the_default_options() -> None:
+    event = parse_event(V1_IMAGE_REQUESTED)
+    assert isinstance(event, ImageRequested)
+    assert (event.version, event.index, event.file_id, event.options) == (1, 4, "f" * 32, ImageOptions())
+    assert event.options.is_default()
+
+
+def test_a_consumer_still_on_version_1_reads_a_version_2_image_request() -> None:
+    options = ImageOptions(max_width=800, format=OutputFormat.WEBP, quality=80)
+    new = ImageRequested(request_id="r", index=4, url="https://a/b.jpg", file_id="f" * 32, options=options)
+    assert new.version == 2
+    old = ImageRequestedV1.model_validate_json(new.model_dump_json())
+    assert (old.request_id, old.index, old.url, old.file_id) == ("r", 4, "https://a/b.jpg", "f" * 32)
+
+
+def test_image_compressed_gained_only_fields_with_defaults() -> None:
+    old = parse_event(V1_IMAGE_COMPRESSED)
+    assert isinstance(old, ImageCompressed)
+    assert (old.width, old.height, old.quality, old.score) == (None, None, None, None)
+    new = old.model_copy(update={"width": 800, "height": 600, "quality": 37, "score": 61.5})
+    assert parse_event(new.model_dump_json().encode()) == new
+    assert ImageCompressedV1.model_validate_json(new.model_dump_json()).output_bytes == 40
+
+
+def test_options_in_a_message_are_validated_like_at_upload() -> None:
+    body = V1_IMAGE_REQUESTED.replace(b'"version": 1', b'"version": 2, "options": {"quality": 0}')
+    with pytest.raises(MalformedEvent):
+        parse_event(body)

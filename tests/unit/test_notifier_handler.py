@@ -13,13 +13,18 @@ import pytest
 from services.notifier.handler import Notifier
 from shared.errors import ClaimHeld
 from shared.events import NotificationRequested, RequestCompleted
+from shared.image_options import ImageOptions
 from shared.mongo import StorageUnavailable
 from shared.repository import Claim, RowDoc, Upload
 from shared.settings import Settings
 from tests.fakes import FakeRequestRepository, RecordingMailer, RecordingWebhooks
 
 
-async def notifier(tmp_path: Path, webhook_url: str | None = "https://hooks.example.com/x") -> Notifier:
+async def notifier(
+    tmp_path: Path,
+    webhook_url: str | None = "https://hooks.example.com/x",
+    options: ImageOptions | None = None,
+) -> Notifier:
     repo = FakeRequestRepository()
     await repo.add_rows(
         "r1", 0, 0, [RowDoc(serial="1", name="A", urls=["http://o/a.jpg"], cells=["1", "A", "x"])]
@@ -32,6 +37,8 @@ async def notifier(tmp_path: Path, webhook_url: str | None = "https://hooks.exam
         total_images=1,
         row_chunks=1,
     )
+    if options is not None:
+        upload["options"] = options.stored()
     await repo.create_request("r1", upload)
     await repo.accept_request("r1")
     settings = Settings(data_dir=tmp_path, notify_attempts=2, notify_backoff=0.0)
@@ -135,3 +142,26 @@ async def test_a_result_the_database_failed_to_record_is_recorded_on_redelivery_
     await n.notify(completed())
     assert len(n.mailer.sent) == 1  # type: ignore[attr-defined]
     assert n.repo.requests["r1"]["notified"] == {"done-1": {"email": "sent"}}  # type: ignore[attr-defined]
+
+
+async def test_the_email_and_the_webhook_say_which_image_options_were_used(tmp_path: Path) -> None:
+    options = ImageOptions(max_width=800, quality="auto", target=70)
+    n = await notifier(tmp_path, options=options)
+    await n.notify(completed())
+    (mail,) = n.mailer.sent  # type: ignore[attr-defined]
+    body = mail.get_body(("plain",)).get_content()
+    assert "Options:     max_width=800; quality=auto; target=70" in body
+    (csv_part,) = mail.iter_attachments()
+    header, row = csv_part.get_content().lstrip("\ufeff").splitlines()
+    assert header.endswith("Output Image Urls,Image Options") and row.endswith(
+        ",max_width=800; quality=auto; target=70"
+    )
+    ((_, payload, _),) = n.webhooks.posted  # type: ignore[attr-defined]
+    assert payload["data"]["options"] == {"max_width": 800, "quality": "auto", "target": 70.0}
+
+
+async def test_without_options_the_email_says_defaults(tmp_path: Path) -> None:
+    n = await notifier(tmp_path)
+    await n.notify(completed())
+    (mail,) = n.mailer.sent  # type: ignore[attr-defined]
+    assert "Options:     none (defaults)" in mail.get_body(("plain",)).get_content()

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from services.upload.app import create_app
+from services.upload.openapi import ProgressSnapshot
+from shared.image_options import FIELDS, ImageOptions
 from shared.settings import Settings
 
 
@@ -71,3 +73,32 @@ def test_the_api_key_is_a_security_scheme(document: dict[str, Any]) -> None:
     assert {"ApiKeyQuery": []} in paths["/status/{request_id}/events"]["get"]["security"]
     assert {"ApiKeyQuery": []} not in paths["/status/{request_id}"]["get"]["security"]
     assert "security" not in paths["/image/{file_id}"]["get"]  # public by design
+
+
+def test_the_image_options_are_fields_of_the_upload_form_as_image_options_describes_them(
+    document: dict[str, Any],
+) -> None:
+    body = document["paths"]["/upload"]["post"]["requestBody"]
+    fields = body["content"]["multipart/form-data"]["schema"]["properties"]
+    assert list(fields) == ["file", "email", "webhook_url", *FIELDS]  # in the order a person fills them
+    for name in FIELDS:
+        described = ImageOptions.model_fields[name].description
+        assert described and fields[name]["description"].startswith(described), name
+        assert fields[name]["examples"] == [""], name  # Try it out pre-fills nothing: nothing sent
+    assert fields["format"]["enum"] == ["jpeg", "webp", "avif"]  # inlined: no reference left dangling
+    assert "Example: `800`." in fields["max_width"]["description"]
+    assert {o.get("type") for o in fields["quality"]["anyOf"]} == {"integer", "string"}
+    assert (fields["max_width"]["minimum"], fields["max_width"]["maximum"]) == (1, 16383)
+
+
+def test_the_answers_document_the_options_and_what_each_image_became(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    assert schemas["UploadAccepted"]["properties"]["options"]["$ref"].endswith("/ImageOptions")
+    assert schemas["StatusBody"]["properties"]["options"]["$ref"].endswith("/ImageOptions")
+    details = schemas["ProductDetail"]["properties"]["output_details"]["items"]["anyOf"]
+    assert {"$ref": "#/components/schemas/OutputDetails"} in details
+    assert set(schemas["OutputDetails"]["properties"]) == {
+        "format", "width", "height", "bytes", "quality", "score", "kept_original",
+    }  # fmt: skip
+    snapshot = ProgressSnapshot.model_json_schema()  # described in words by the events route
+    assert "output_details" in snapshot["$defs"]["ImageSnapshot"]["properties"]

@@ -10,6 +10,7 @@ import pytest
 
 from services.upload.csv_input import CsvLimits, CsvReader
 from shared.output_csv import (
+    OPTIONS_COLUMN,
     OUTPUT_COLUMN,
     failed_entry,
     neutralise,
@@ -65,6 +66,16 @@ def test_row_keeps_cells_and_joins_outputs_in_input_order() -> None:
         "https://a.example/1.jpg, https://a.example/2.jpg",
         "https://out.example/f/1, FAILED: HTTP 404",
     ]
+
+
+def test_a_request_with_image_options_says_them_in_one_more_column_on_every_row() -> None:
+    options = "max_width=800; format=webp"
+    assert output_header(["S. No.", "Input Image Urls"], options) == [
+        "S. No.", "Input Image Urls", OUTPUT_COLUMN, OPTIONS_COLUMN,
+    ]  # fmt: skip
+    row = output_row(["1", "https://a.example/1.jpg"], ["https://out.example/f/1"], options)
+    assert row == ["1", "https://a.example/1.jpg", "https://out.example/f/1", options]
+    assert output_row(["1"], ["u"]) == ["1", "u"]  # without options: exactly as before
 
 
 def test_failed_entry_cannot_break_the_one_entry_per_url_alignment() -> None:

@@ -8,11 +8,17 @@ from datetime import timedelta
 from services.upload.relay import OutboxRelay
 from shared.events import ImageRequested
 from shared.files import output_file_id
+from shared.image_options import ImageOptions, OutputFormat
 from shared.repository import OutcomeDoc, RowDoc, Upload
 from tests.fakes import FakeRequestRepository, RecordingPublisher
 
 
-async def accepted(repo: FakeRequestRepository, request_id: str, chunks: list[list[list[str]]]) -> None:
+async def accepted(
+    repo: FakeRequestRepository,
+    request_id: str,
+    chunks: list[list[list[str]]],
+    options: ImageOptions | None = None,
+) -> None:
     first = 0
     for number, rows in enumerate(chunks):
         docs = [RowDoc(serial=str(i), name="P", urls=urls, cells=[]) for i, urls in enumerate(rows)]
@@ -26,6 +32,8 @@ async def accepted(repo: FakeRequestRepository, request_id: str, chunks: list[li
         total_images=first,
         row_chunks=len(chunks),
     )
+    if options is not None:
+        upload["options"] = options.stored()
     await repo.create_request(request_id, upload)
     await repo.accept_request(request_id)
 
@@ -50,6 +58,20 @@ async def test_every_image_is_published_in_order_with_its_output_id() -> None:
     assert all(e.file_id == output_file_id("r1", e.index) for e in publisher.events)  # type: ignore[attr-defined]
     assert "outbox_pending" not in repo.requests["r1"]
     assert (repo.requests["r1"]["published_images"], repo.requests["r1"]["published_chunks"]) == (4, 2)
+
+
+async def test_every_image_carries_the_requests_options_and_its_output_id_depends_on_them() -> None:
+    repo, publisher = FakeRequestRepository(), RecordingPublisher()
+    options = ImageOptions(max_width=800, format=OutputFormat.WEBP, quality="auto", target=70)
+    await accepted(repo, "r1", [[["a", "b"]]], options)
+    await OutboxRelay(repo, publisher).pass_once()
+    events = [e for e in publisher.events if isinstance(e, ImageRequested)]
+    assert [e.options for e in events] == [options, options]
+    assert [e.version for e in events] == [2, 2]
+    assert [e.file_id for e in events] == [output_file_id("r1", i, options) for i in (0, 1)]
+    assert output_file_id("r1", 0, options) != output_file_id("r1", 0)
+    # the defaults add nothing to the key: outputs of requests without options keep their ids
+    assert output_file_id("r1", 0, ImageOptions()) == output_file_id("r1", 0)
 
 
 async def test_a_request_is_metered_into_the_queue_a_window_at_a_time() -> None:
@@ -143,3 +165,17 @@ async def test_every_occurrence_of_a_repeated_url_shares_the_first_ones_output()
         (1, None, output_file_id("r1", 1)),
         (2, 0, output_file_id("r1", 0)),
     ]
+
+
+async def test_a_repeated_url_shares_the_id_its_first_occurrence_has_under_the_requests_options() -> None:
+    repo, publisher = FakeRequestRepository(), RecordingPublisher()
+    options = ImageOptions(max_width=400, quality="auto", target=60)
+    await accepted(repo, "r1", [[["a"], ["a"]]], options)
+    repo.chunks[("r1", 0)]["rows"][1]["duplicate_of"] = [0]
+    await OutboxRelay(repo, publisher).pass_once()
+    events = [e for e in publisher.events if isinstance(e, ImageRequested)]
+    assert [(e.index, e.duplicate_of, e.file_id, e.options) for e in events] == [
+        (0, None, output_file_id("r1", 0, options), options),
+        (1, 0, output_file_id("r1", 0, options), options),
+    ]
+    assert output_file_id("r1", 0, options) != output_file_id("r1", 0)

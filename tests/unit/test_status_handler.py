@@ -98,3 +98,14 @@ async def test_a_parked_outcome_of_an_unknown_request_is_dropped() -> None:
     projection = await projection_with(total=1)
     await projection.on_parked(failed(0).model_copy(update={"request_id": "gone"}), "UnknownRequest")
     assert projection.publisher.events == []  # type: ignore[attr-defined]
+
+
+async def test_an_outcome_records_the_output_dimensions_quality_and_score() -> None:
+    projection = await projection_with(2)
+    detailed = compressed(0).model_copy(update={"width": 800, "height": 600, "quality": 37, "score": 61.2})
+    await projection.record(detailed)
+    await projection.record(compressed(1))  # from a compressor that predates them: nothing is made up
+    outcomes = projection.repo.outcomes  # type: ignore[attr-defined]
+    first, second = outcomes[("r1", 0)], outcomes[("r1", 1)]
+    assert (first["width"], first["height"], first["quality"], first["score"]) == (800, 600, 37, 61.2)
+    assert not {"width", "height", "quality", "score"} & second.keys()

@@ -15,8 +15,8 @@ PING_SECONDS = 15  # a comment line on an idle stream, so proxies do not close i
 
 STREAM = ok(
     "`event: progress` lines whose `data` is a `ProgressSnapshot` (the summary of GET /status plus `images`, "
-    "the first images with their before/after URLs and sizes): sent at once, then on every change; the stream "
-    "ends after the final state (`COMPLETED`). `event: gone` if the request disappears.",
+    "the first images with their before/after URLs, sizes and `output_details`): sent at once, then on every "
+    "change; the stream ends after the final state (`COMPLETED`). `event: gone` if the request disappears.",
     media_type="text/event-stream",
 )
 

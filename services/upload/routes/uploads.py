@@ -6,22 +6,21 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
-from starlette.datastructures import UploadFile
 
 from services.upload.csv_input import CsvRejected
-from services.upload.deps import ApiKey, GatewayDep
-from services.upload.errors import ApiError, problem
+from services.upload.deps import ApiKey, Gateway, GatewayDep
+from services.upload.errors import ApiError
 from services.upload.intake import (
     ABANDONED_AFTER,
     JANITOR_INTERVAL_S,
     OutcomeUnknown,
-    ascii_address,
-    form_problems,
+    UploadFields,
     store_request,
+    upload_fields,
 )
 from services.upload.openapi import UploadAccepted, UploadForm, errors, multipart_body
 from shared.mongo import StorageError
-from shared.repository import new_request_id
+from shared.repository import RequestDoc, new_request_id
 
 log = structlog.get_logger()
 router = APIRouter(tags=["uploads"])
@@ -29,6 +28,7 @@ router = APIRouter(tags=["uploads"])
 # The janitor (intake.py) settles an upload left RECEIVING within this long.
 SETTLED_WITHIN_MIN = int((ABANDONED_AFTER.total_seconds() + JANITOR_INTERVAL_S) // 60) + 1
 UPLOADS = Counter("imagepipe_upload_requests_total", "Upload attempts, by outcome", ["outcome"])
+MAX_FORM_FIELDS = 16  # ours (UploadForm) and a few to spare; python-multipart refuses a form with more
 
 
 @router.post(
@@ -41,33 +41,45 @@ UPLOADS = Counter("imagepipe_upload_requests_total", "Upload attempts, by outcom
     openapi_extra=multipart_body(UploadForm),
 )
 async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
-    """Validates the whole CSV before accepting anything, then queues every image; answers at once with
-    the `request_id` to follow. `email` may also be sent as a query parameter."""
+    """Validates the whole CSV and the image options before accepting anything, then queues every image;
+    answers at once with the `request_id` to follow. `email`, `webhook_url` and the image options may
+    also be sent as query parameters."""
     settings = gateway.runtime.settings
-    form = await request.form(max_files=1, max_fields=10)
-    file = form.get("file")
-    email = _text(form.get("email")) or request.query_params.get("email", "").strip()
-    webhook_url = (
-        _text(form.get("webhook_url")) or request.query_params.get("webhook_url", "").strip() or None
-    )
-    problems = form_problems(file, email, webhook_url, allow_private=settings.fetch_allow_private)
-    if problems:
-        UPLOADS.labels("rejected").inc()
-        raise ApiError(422 if file is not None else 400, "invalid form fields", problems)
-    assert isinstance(file, UploadFile)
-    email = ascii_address(email)  # valid: form_problems checked it
-    if file.size is not None and file.size > settings.max_csv_bytes:
-        raise ApiError(
-            413,
-            f"CSV is larger than the {settings.max_csv_bytes} byte limit",
-            [problem(f"{file.size} bytes; the limit is {settings.max_csv_bytes}", field="file")],
+    form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+    try:
+        fields = upload_fields(
+            form,
+            request.query_params,
+            allow_private=settings.fetch_allow_private,
+            max_csv_bytes=settings.max_csv_bytes,
         )
-
+    except ApiError:
+        UPLOADS.labels("rejected").inc()
+        raise
     request_id = new_request_id()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    accepted = await _store(gateway, request_id, fields)
+    gateway.relay.kick()
+    UPLOADS.labels("accepted").inc()
+    log.info("upload_accepted", products=accepted["total_products"], images=accepted["total_images"])
+    links = gateway.runtime.links
+    body = UploadAccepted(
+        request_id=request_id,
+        status=accepted["status"],
+        status_url=links.status(request_id),
+        output_csv_url=links.output(request_id),
+        products=accepted["total_products"],
+        images=accepted["total_images"],
+        options=fields.options,
+    )
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=202)
+
+
+async def _store(gateway: Gateway, request_id: str, fields: UploadFields) -> RequestDoc:
+    """The accepted request, or the ApiError saying why not (and that nothing was queued)."""
     repo = gateway.runtime.repo
     try:
-        accepted = await store_request(repo, gateway.limits, request_id, file, email, webhook_url)
+        return await store_request(repo, gateway.limits, request_id, fields)
     except CsvRejected as exc:
         UPLOADS.labels("rejected").inc()
         await repo.discard(request_id)
@@ -86,22 +98,3 @@ async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
         log.error("upload_storage_failed", error=str(exc)[:200])
         await repo.discard(request_id)
         raise ApiError(503, "storage is unavailable; nothing was accepted, try again shortly") from None
-    gateway.relay.kick()
-    UPLOADS.labels("accepted").inc()
-    log.info("upload_accepted", products=accepted["total_products"], images=accepted["total_images"])
-    links = gateway.runtime.links
-    return JSONResponse(
-        {
-            "request_id": request_id,
-            "status": accepted["status"],
-            "status_url": links.status(request_id),
-            "output_csv_url": links.output(request_id),
-            "products": accepted["total_products"],
-            "images": accepted["total_images"],
-        },
-        status_code=202,
-    )
-
-
-def _text(value: object) -> str:
-    return value.strip() if isinstance(value, str) else ""

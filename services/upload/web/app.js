@@ -102,12 +102,33 @@ function uploadForm() {
   data.append("email", $("email").value.trim());
   const webhook = $("webhook_url").value.trim();
   if (webhook) data.append("webhook_url", webhook);
-  // Image options: every named input in the fieldset, sent when it has a value.
-  for (const input of $("image-options").querySelectorAll("[name]")) {
+  // Image options: every named input in the fieldset, sent when it has a value and is enabled.
+  for (const input of optionInputs()) {
     const value = input.type === "checkbox" ? (input.checked ? "true" : "") : input.value.trim();
-    if (value) data.append(input.name, value);
+    if (value && !input.disabled) data.append(input.name, value);
   }
   return data;
+}
+
+const optionInputs = () => $("image-options").querySelectorAll("[name]");
+
+function unreadableOptions() {
+  // A number field holding what is not a number has the value "": it would silently send nothing.
+  return [...optionInputs()]
+    .filter((input) => input.validity.badInput)
+    .map((input) => ({ field: input.name, reason: `${input.name} is not a number` }));
+}
+
+function setUpOptions() {
+  // `target` applies to quality=auto only (the server refuses it otherwise).
+  const toggle = () => ($("target").disabled = $("quality").value.trim().toLowerCase() !== "auto");
+  $("quality").addEventListener("input", toggle);
+  toggle();
+}
+
+function describeOptions(options) {
+  const given = Object.entries(options || {}).filter(([, value]) => value !== null && value !== undefined);
+  return given.length ? given.map(([name, value]) => `${name}=${value}`).join(" · ") : "defaults";
 }
 
 function showProblems(box, body, fallback) {
@@ -134,6 +155,11 @@ async function upload(event) {
   box.hidden = true;
   if (!$("file").files.length) {
     showProblems(box, { error: "Choose a CSV file first." });
+    return;
+  }
+  const unreadable = unreadableOptions();
+  if (unreadable.length) {
+    showProblems(box, { error: "Some image options are not valid.", problems: unreadable });
     return;
   }
   const button = $("upload-button");
@@ -242,6 +268,7 @@ function render(s) {
   const times = [`started ${when(s.created_at)}`];
   if (s.completed_at) times.push(`finished ${when(s.completed_at)}`);
   $("request-times").textContent = `${s.total_products} products · ${times.join(" · ")}`;
+  $("request-options").textContent = `image options: ${describeOptions(s.options)}`;
   renderOutputLink(s);
   renderFailures(s);
   renderThumbs(s);
@@ -309,8 +336,19 @@ function thumb(image) {
       el("span", { class: "name", title: image.product }, image.product),
       el("span", { class: "file", title: image.input_url }, image.input_url.split("/").pop() || image.input_url),
       sizes,
+      outputDetails(image.output_details),
     ),
   );
+}
+
+function outputDetails(d) {
+  // What the image became: format, size, and the quality chosen (and its score, with quality=auto).
+  if (!d) return null;
+  const parts = [d.kept_original ? `original ${(d.format || "").toUpperCase()}` : (d.format || "").toUpperCase()];
+  if (d.width && d.height) parts.push(`${d.width}×${d.height}`);
+  if (d.quality !== null && d.quality !== undefined) parts.push(`q ${d.quality}`);
+  if (d.score !== null && d.score !== undefined) parts.push(`score ${d.score}`);
+  return el("span", { class: "details" }, parts.filter(Boolean).join(" · "));
 }
 
 function renderThumbs(s) {
@@ -344,6 +382,7 @@ function route() {
 
 setUpKeyPanel();
 setUpUpload();
+setUpOptions();
 $("output-link").addEventListener("click", downloadWithKey);
 window.addEventListener("popstate", route);
 route();
