@@ -7,6 +7,11 @@ publication; publishing happens after that, and a sweeper republishes any comple
 unpublished. The completion's event_id is fixed when it is recorded, so a republished RequestCompleted is
 recognisably the same one.
 
+A cancelled request (CANCELLING, set by the gateway) settles here too: the sweeper skips, in bulk and in one
+write however many there are, every image that was never published; the images that were get their
+outcomes from the compressors (ImageSkipped for those not started). The last outcome completes it as
+CANCELLED, announced exactly like a completion.
+
 Outcomes of one request that arrive together are recorded together: concurrent transactions on one
 request document would only conflict and retry, and batching turns N round trips into a few. Each message
 is acknowledged only after the batch holding its outcome has been recorded.
@@ -21,13 +26,19 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from shared.bus import HandlerMethods, Publisher
-from shared.events import Event, ImageCompressed, ImageFailed, RequestCompleted
-from shared.repository import OutcomeDoc, OutcomeStatus, RequestRepository, UnknownRequest
+from shared.events import Event, ImageCompressed, ImageFailed, ImageSkipped, RequestCompleted
+from shared.repository import (
+    OutcomeDoc,
+    OutcomeStatus,
+    RequestRepository,
+    RequestStatus,
+    UnknownRequest,
+)
 
 log = structlog.get_logger()
 
 SWEEP_S = 1.0  # how often unpublished completions are looked for
-Outcome = ImageCompressed | ImageFailed
+Outcome = ImageCompressed | ImageFailed | ImageSkipped
 
 
 class StatusProjection:
@@ -80,7 +91,7 @@ class StatusProjection:
             return
         why = (
             event.reason
-            if isinstance(event, ImageFailed)
+            if isinstance(event, ImageFailed | ImageSkipped)
             else "compressed, but its outcome could not be recorded"
         )
         failed = _outcome(event, failure=f"{why} ({reason})"[:500])
@@ -104,10 +115,17 @@ class StatusProjection:
                 total_images=request["total_images"],
                 compressed=request["no_img_compressed"],
                 failed=request["no_img_failed"],
+                status="CANCELLED" if request["status"] == RequestStatus.CANCELLED else "COMPLETED",
+                skipped=request.get("no_img_skipped", 0),
             )
         )
         await self.repo.mark_completion_published(request_id)
-        log.info("request_completed", request_id=request_id, failed=request["no_img_failed"])
+        log.info(
+            "request_completed",
+            request_id=request_id,
+            status=request["status"],
+            failed=request["no_img_failed"],
+        )
 
     async def sweep_unpublished(self, older_than: timedelta = timedelta(seconds=10)) -> int:
         """Publish completions that a crash (or a broker outage) left unpublished. Younger ones are being
@@ -119,9 +137,21 @@ class StatusProjection:
             swept += 1
         return swept
 
+    async def settle_cancellations(self) -> int:
+        """Settle the cancels asked for since the last round: skip each request's never-published images
+        in bulk, and complete those with nothing left in flight. Returns how many were completed."""
+        completed = 0
+        async for request_id in self.repo.cancelling_requests():
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                if await self.repo.settle_cancellation(request_id):
+                    completed += 1
+                    await self.publish_completion(request_id)
+        return completed
+
     async def sweep_forever(self, interval: float = SWEEP_S) -> None:
         while True:
             try:
+                await self.settle_cancellations()
                 await self.sweep_unpublished()
             except Exception as exc:  # an outage: try again next round
                 log.warning("completion_sweep_failed", error=str(exc)[:200])
@@ -137,8 +167,10 @@ def _outcome(event: Outcome, failure: str | None = None) -> OutcomeDoc:
         status=OutcomeStatus.FAILED,
         at=datetime.now(UTC),
     )
-    if failure is not None or isinstance(event, ImageFailed):
+    if failure is not None or isinstance(event, ImageFailed | ImageSkipped):
         outcome["reason"] = failure if failure is not None else getattr(event, "reason", "")
+        if failure is None and isinstance(event, ImageSkipped):
+            outcome["status"] = OutcomeStatus.SKIPPED
         return outcome
     outcome["status"] = OutcomeStatus.COMPRESSED
     outcome["file_id"] = event.file_id
@@ -153,4 +185,8 @@ def _outcome(event: Outcome, failure: str | None = None) -> OutcomeDoc:
 
 
 # Which handler takes which event: the status service's subscriptions.
-ROUTES: HandlerMethods = {ImageCompressed: StatusProjection.record, ImageFailed: StatusProjection.record}
+ROUTES: HandlerMethods = {
+    ImageCompressed: StatusProjection.record,
+    ImageFailed: StatusProjection.record,
+    ImageSkipped: StatusProjection.record,
+}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Annotated
@@ -26,14 +27,23 @@ class Gateway:
     status_cache: ShortLivedCache
     progress_cache: ShortLivedCache  # live progress renderings, shared by every watcher of a request
 
-    async def request_or_404(self, request_id: str, *, notifications: bool = True) -> RequestDoc:
+    async def request_or_404(
+        self, request_id: str, owner: str | None, *, notifications: bool = True
+    ) -> RequestDoc:
+        """The request, if the caller may see it. `owner` is the caller's (`caller_owner`); None lets
+        anyone see any request (keys off, or a call authorised otherwise). Another key's request is a 404,
+        exactly like one that does not exist: its existence is not revealed."""
         structlog.contextvars.bind_contextvars(request_id=request_id)
         found = (
             await self.runtime.repo.get(request_id, notifications=notifications)
             if REQUEST_ID_PATTERN.match(request_id)
             else None
         )
-        if found is None or found["status"] == RequestStatus.RECEIVING:  # not accepted (yet)
+        if (
+            found is None
+            or found["status"] == RequestStatus.RECEIVING  # not accepted (yet)
+            or (owner is not None and found.get("owner") != owner)
+        ):
             raise ApiError(404, f"unknown request_id {request_id!r}")
         return found
 
@@ -106,3 +116,20 @@ async def require_api_key_or_query(
 
 ApiKey = Depends(require_api_key)
 ApiKeyOrQuery = Depends(require_api_key_or_query)
+
+
+def owner_of(key: str) -> str:
+    """A short, stable name for an API key, stored on what it creates (the key itself never is)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+async def caller_owner(request: Request, gateway: GatewayDep) -> str | None:
+    """Who is calling: `owner_of` their API key (checked here too), or None when keys are off."""
+    if not gateway.runtime.settings.api_keys:
+        return None
+    key = presented_key(request, query=True)
+    _check_key(key, gateway)
+    return owner_of(key)
+
+
+Owner = Annotated[str | None, Depends(caller_owner)]

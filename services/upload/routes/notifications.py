@@ -9,11 +9,11 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Request
 
-from services.upload.deps import SECURITY, GatewayDep, require_api_key
+from services.upload.deps import SECURITY, GatewayDep, caller_owner, require_api_key
 from services.upload.errors import ApiError, problem
 from services.upload.openapi import RenotifyQueued, RenotifyRequest, errors
 from shared.events import NotificationRequested
-from shared.repository import RequestStatus
+from shared.repository import FINAL_STATUSES
 from shared.webhooks import verify
 
 log = structlog.get_logger()
@@ -46,8 +46,9 @@ async def webhook_completed(request: Request, gateway: GatewayDep) -> dict[str, 
     signed = await _authorise(request, gateway)  # before the body is read, unless a signature needs it
     raw = await request.body()  # at most a few KiB (middleware.BodySizeLimit)
     request_id = await _request_id_from(request, raw, signed_body_only=signed)
-    found = await gateway.request_or_404(request_id, notifications=False)
-    if found["status"] != RequestStatus.COMPLETED:
+    owner = None if signed else await caller_owner(request, gateway)  # a signature vouches for its own
+    found = await gateway.request_or_404(request_id, owner, notifications=False)
+    if found["status"] not in FINAL_STATUSES:
         raise ApiError(409, "the request is not complete yet; its notification goes out when it is")
     # At most one re-send per interval and request: each one is an email, and a record on the request.
     interval = gateway.runtime.settings.renotify_interval_seconds

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 
 from services.upload.csv_input import CsvRejected
-from services.upload.deps import ApiKey, Gateway, GatewayDep
+from services.upload.deps import ApiKey, Gateway, GatewayDep, Owner
 from services.upload.errors import ApiError
 from services.upload.intake import (
     ABANDONED_AFTER,
@@ -40,7 +40,7 @@ MAX_FORM_FIELDS = 16  # ours (UploadForm) and a few to spare; python-multipart r
     responses=errors(400, 401, 413, 415, 422, 503),
     openapi_extra=multipart_body(UploadForm),
 )
-async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
+async def upload(request: Request, gateway: GatewayDep, owner: Owner) -> JSONResponse:
     """Validates the whole CSV and the image options before accepting anything, then queues every image;
     answers at once with the `request_id` to follow. `email`, `webhook_url` and the image options may
     also be sent as query parameters."""
@@ -58,7 +58,7 @@ async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
         raise
     request_id = new_request_id()
     structlog.contextvars.bind_contextvars(request_id=request_id)
-    accepted = await _store(gateway, request_id, fields)
+    accepted = await _store(gateway, request_id, fields, owner)
     gateway.relay.kick()
     UPLOADS.labels("accepted").inc()
     log.info("upload_accepted", products=accepted["total_products"], images=accepted["total_images"])
@@ -75,11 +75,11 @@ async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=202)
 
 
-async def _store(gateway: Gateway, request_id: str, fields: UploadFields) -> RequestDoc:
+async def _store(gateway: Gateway, request_id: str, fields: UploadFields, owner: str | None) -> RequestDoc:
     """The accepted request, or the ApiError saying why not (and that nothing was queued)."""
     repo = gateway.runtime.repo
     try:
-        return await store_request(repo, gateway.limits, request_id, fields)
+        return await store_request(repo, gateway.limits, request_id, fields, owner)
     except CsvRejected as exc:
         UPLOADS.labels("rejected").inc()
         await repo.discard(request_id)
