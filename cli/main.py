@@ -1,8 +1,10 @@
-"""`imagepipe`: upload a CSV, follow it, read its status, download its results.
+"""`imagepipe`: upload a CSV, follow it, read its status, download its results; list and cancel requests.
 
     imagepipe upload FILE --email ADDR [--webhook URL] [--wait] [--url BASE]
     imagepipe status ID [--wait] [--json] [--url BASE]
     imagepipe download ID -o DIR [--url BASE]
+    imagepipe list [--limit N] [--cursor C] [--json] [--url BASE]
+    imagepipe cancel ID [--no-wait] [--url BASE]
 
 The API's address is --url, else IMAGEPIPE_URL, else the local API; the key, if the server wants one, is
 IMAGEPIPE_API_KEY. Exit codes are in exit_codes.py (and `imagepipe --help`).
@@ -19,7 +21,13 @@ from cli.api import Api, CliError
 from cli.exit_codes import HELP, Exit
 
 # Every subcommand, in the order `--help` lists them: add a new one here.
-COMMANDS = (commands.add_upload, commands.add_status, commands.add_download)
+COMMANDS = (
+    commands.add_upload,
+    commands.add_status,
+    commands.add_download,
+    commands.add_list,
+    commands.add_cancel,
+)
 
 
 def parser() -> argparse.ArgumentParser:
