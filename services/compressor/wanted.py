@@ -1,4 +1,4 @@
-"""Is an image's request still wanted? Asked before fetching, cheaply: one read per request every few seconds.
+"""Is an image's request still wanted? Asked before fetching, cheaply: one read per request every second.
 
 Work for a request that is not (any more) waiting for its images, such as one whose database was wiped
 while the broker kept its queue, or a cancelled or deleted one, is dropped with the reason in the log; an
@@ -14,7 +14,9 @@ from typing import Protocol
 
 from shared.repository import SKIPPED_REASON, RequestStatus
 
-TTL_S = 5.0  # how long one answer is trusted: a request removed meanwhile costs at most this much work
+# How long one answer is trusted: a request cancelled or removed meanwhile starts new images for at most this
+# long (a cancel is expected to stop work within about a second), at one read by id per request per second.
+TTL_S = 1.0
 MAX_ENTRIES = 10_000
 
 # Why the images of a request in each status are not wanted; a status not listed (PENDING) wants them.
