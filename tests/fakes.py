@@ -11,11 +11,15 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, cast
 
 from services.compressor.codec import CompressedImage, ImageRejected
 from services.compressor.fetch import FetchError
+from services.compressor.handler import Compressor, Fetcher, Outcomes
+from services.compressor.hosts import HostLimiter
+from services.compressor.wanted import RequestStatuses, WantedRequests
 from services.notifier.delivery import AttemptOutcome
+from shared.bus import Publisher
 from shared.events import Event
 from shared.files import ImageDownload, ImageMeta, StoredImage
 from shared.image_options import ImageOptions
@@ -369,6 +373,24 @@ class FakeImageStore:
             yield data
 
         return ImageDownload(meta["contentType"], len(data), chunks())
+
+
+def watching_compressor(
+    publisher: Publisher, fetcher: Fetcher, repo: Outcomes, *, per_host: int, ttl: float
+) -> Compressor:
+    """A compressor that asks `repo` whether each image is still wanted (answers kept `ttl` seconds), with
+    fake storage and codec: for tests of what a cancel does to work not started."""
+    return Compressor(
+        FakeImageStore(),
+        publisher,
+        fetcher,
+        HalvingCodec(),
+        quality=50,
+        max_pixels=10**6,
+        outcomes=repo,
+        hosts=HostLimiter(per_host=per_host, wait=0.25),
+        wanted=WantedRequests(cast(RequestStatuses, repo), ttl=ttl),
+    )
 
 
 @dataclass

@@ -14,9 +14,6 @@ import pytest
 from pydantic import SecretStr
 
 from services.compressor.handler import ROUTES as COMPRESSOR_ROUTES
-from services.compressor.handler import Compressor
-from services.compressor.hosts import HostLimiter
-from services.compressor.wanted import WantedRequests
 from services.status.projection import ROUTES as STATUS_ROUTES
 from services.status.projection import StatusProjection
 from services.upload.deps import owner_of
@@ -25,7 +22,7 @@ from shared.mongo import Mongo
 from shared.repository import LIST_ORDER, MongoRequestRepository
 from shared.settings import Settings
 from tests.conftest import eventually
-from tests.fakes import FakeImageStore, HalvingCodec, an_upload
+from tests.fakes import an_upload, watching_compressor
 from tests.integration.test_api import client_for
 
 KEY_A, KEY_B = "key-a-" + "a" * 26, "key-b-" + "b" * 26
@@ -174,17 +171,7 @@ async def workers(settings: Settings, mongo: Mongo) -> AsyncIterator[SlowCountin
     await bus.connect()
     repo = MongoRequestRepository(mongo)
     fetcher = SlowCountingFetcher()
-    compressor = Compressor(
-        FakeImageStore(),
-        bus,
-        fetcher,
-        HalvingCodec(),
-        quality=50,
-        max_pixels=10**6,
-        outcomes=repo,
-        hosts=HostLimiter(per_host=8, wait=0.25),
-        wanted=WantedRequests(repo, ttl=0.2),
-    )
+    compressor = watching_compressor(bus, fetcher, repo, per_host=8, ttl=0.2)
     projection = StatusProjection(repo, bus)
     await bus.subscribe("status", bind(STATUS_ROUTES, projection), prefetch=32)
     await bus.subscribe("compressor", bind(COMPRESSOR_ROUTES, compressor), prefetch=2)

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.compressor.handler import Compressor
-from services.compressor.hosts import HostLimiter
-from services.compressor.wanted import WantedRequests
 from services.notifier.handler import Notifier
 from services.status.projection import StatusProjection
 from services.upload.relay import OutboxRelay
@@ -19,13 +16,12 @@ from shared.repository import OutcomeStatus, RequestStatus, RowDoc
 from shared.settings import Settings
 from tests.fakes import (
     FakeFetcher,
-    FakeImageStore,
     FakeRequestRepository,
-    HalvingCodec,
     RecordingMailer,
     RecordingPublisher,
     RecordingWebhooks,
     an_upload,
+    watching_compressor,
 )
 
 IMAGES = 10
@@ -136,17 +132,7 @@ async def test_the_output_csv_of_a_cancelled_request_says_which_images_were_skip
 async def test_the_compressor_reports_an_unstarted_image_of_a_cancelled_request_skipped_unfetched() -> None:
     repo, bus, fetcher = FakeRequestRepository(), RecordingPublisher(), FakeFetcher()
     await pending_request(repo)
-    compressor = Compressor(
-        FakeImageStore(),
-        bus,
-        fetcher,
-        HalvingCodec(),
-        quality=50,
-        max_pixels=10**6,
-        outcomes=repo,
-        hosts=HostLimiter(per_host=1, wait=0.01),
-        wanted=WantedRequests(repo, ttl=0),
-    )
+    compressor = watching_compressor(bus, fetcher, repo, per_host=1, ttl=0)
     await repo.cancel_request("r1")
     await compressor.compress(ImageRequested(request_id="r1", index=2, url=url(2), file_id="f" * 32))
     (skipped,) = bus.events
