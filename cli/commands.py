@@ -206,7 +206,7 @@ def list_requests(api: Api, args: argparse.Namespace) -> Exit:
         )
     out.print(table if page["requests"] else "no requests yet")
     if page["next_cursor"]:
-        err.print(f"more: imagepipe list --cursor {page['next_cursor']}")
+        err.print(f"more: imagepipe list --cursor {page['next_cursor']}", soft_wrap=True)  # one line to copy
     return Exit.OK
 
 
@@ -221,7 +221,8 @@ def add_cancel(subcommands: Subcommands) -> None:
 def cancel(api: Api, args: argparse.Namespace) -> Exit:
     """Waits (unless --no-wait) for the images in flight to finish: exits 4 (cancelled) once it has."""
     s = api.post_json(f"/requests/{args.request_id}/cancel")
-    err.print(f"[magenta]cancelling[/] {args.request_id}: images not started are skipped")
+    if s["status"] == "CANCELLING":
+        err.print(f"[magenta]cancelling[/] {args.request_id}: images not started are skipped")
     if not args.wait:
         return Exit.OK
     if s["status"] != "CANCELLED":

@@ -261,7 +261,11 @@ MAX_CURSOR_CHARS = 200
 def encode_cursor(last: RequestDoc) -> str:
     """Opaque to clients: where the next page starts (after this request, in LIST_ORDER)."""
     millis = (last["created_at"] - _NEVER) // timedelta(milliseconds=1)  # what the database keeps
-    return base64.urlsafe_b64encode(json.dumps([millis, last["_id"]]).encode()).decode().rstrip("=")
+    return (
+        base64.urlsafe_b64encode(json.dumps([millis, last["_id"]], separators=(",", ":")).encode())
+        .decode()
+        .rstrip("=")
+    )
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:

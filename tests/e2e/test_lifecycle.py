@@ -108,7 +108,8 @@ async def test_the_cli_lists_and_cancels(stack: Stack, tmp_path: Path) -> None:
 
 
 async def test_the_page_lists_recent_requests_and_cancels_one(stack: Stack, browser: Browser) -> None:
-    accepted = await stack.upload(slow_catalogue(stack, "pagecancel", 20))
+    # 48 images, 8 fetched at a time (2 compressors, 4 per host), 2.5 s each: the cancel lands mid-batch.
+    accepted = await stack.upload(slow_catalogue(stack, "pagecancel", 48, delay=2.5))
     request_id = accepted["request_id"]
     page = await browser.new_page()
     await page.goto(f"{stack.api}/")
@@ -124,7 +125,11 @@ async def test_the_page_lists_recent_requests_and_cancels_one(stack: Stack, brow
     await expect(page.locator("#state")).to_have_text("CANCELLED", timeout=60_000)
     await expect(cancel).to_be_hidden()
     await expect(page.locator("#skipped-stat")).to_be_visible()
-    await expect(page.locator('.thumb[data-status="SKIPPED"]').first).to_be_visible()
+    # The thumbnails (the first 24 images) show each skipped one as skipped.
+    shown = (await stack.status(request_id, limit=24))["product_details"]
+    skipped = sum(len(product["skipped"]) for product in shown)
+    await expect(page.locator('.thumb[data-status="SKIPPED"]')).to_have_count(skipped)
+    await expect(page.locator(".thumb").first).to_be_visible()
     await expect(page.locator("#output-link")).to_have_attribute("href", f"/output/{request_id}")
     await page.goto(f"{stack.api}/")
     await expect(page.locator("#recent li", has_text=request_id)).to_contain_text("CANCELLED")
