@@ -256,6 +256,9 @@ LISTED_FIELDS = dict.fromkeys(
     1,
 )
 MAX_CURSOR_CHARS = 200
+# How far back a page looks for requests, in turn until it is full: 1, 8, 64 minutes ... 182 days, then
+# without a bound (a page reads at most about 8 times the requests it shows, however many the owner has).
+LIST_SPANS = (*(timedelta(minutes=8**n) for n in range(7)), None)
 
 
 def encode_cursor(last: RequestDoc) -> str:
@@ -581,10 +584,32 @@ class MongoRequestRepository:
         return found
 
     async def list_requests(self, owner: str | None, limit: int, cursor: str | None = None) -> RequestPage:
-        query: Doc = {"owner": owner}  # served by the (owner, created_at, _id) index, like the order
         after = decode_cursor(cursor) if cursor else None
+        newest = after[0] if after is not None else None
+        # SecantusDB finds an owner's requests from the (owner, created_at, _id) index but sorts them all
+        # before the limit applies, so a page would cost every request the owner has. Looking back over
+        # ever wider spans of time keeps it to about the requests made in the span a page needs.
+        for span in LIST_SPANS:
+            since = None if span is None else (newest or datetime.now(UTC)) - span
+            found = await self._listed(owner, after, since, limit)
+            if len(found) > limit:
+                break
+        more = len(found) > limit
+        return RequestPage(
+            requests=found[:limit], next_cursor=encode_cursor(found[limit - 1]) if more else None
+        )
+
+    async def _listed(
+        self, owner: str | None, after: tuple[datetime, str] | None, since: datetime | None, limit: int
+    ) -> list[RequestDoc]:
+        """Up to limit + 1 of `owner`'s accepted requests, newest first, from before the cursor `after`
+        and not older than `since`."""
+        created: Doc = {}
         if after is not None:
-            query["created_at"] = {"$lte": after[0]}
+            created["$lte"] = after[0]
+        if since is not None:
+            created["$gte"] = since
+        query: Doc = {"owner": owner, **({"created_at": created} if created else {})}
         found: list[RequestDoc] = []
         async for doc in self.mongo.requests.find(
             query, projection=LISTED_FIELDS, sort=LIST_ORDER, batch_size=limit + 1
@@ -596,10 +621,7 @@ class MongoRequestRepository:
                 found.append(request)
             if len(found) > limit:
                 break
-        more = len(found) > limit
-        return RequestPage(
-            requests=found[:limit], next_cursor=encode_cursor(found[limit - 1]) if more else None
-        )
+        return found
 
     # --- a cancel -------------------------------------------------------------------------------------
     async def cancel_request(self, request_id: str) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -219,3 +219,36 @@ async def test_a_100000_image_cancel_settles_without_a_message_per_image(
     print(f"\n100,000-image cancel settled in {settled_s:.2f} s ({doc['no_img_skipped']} skipped in bulk)")
     assert doc["no_img_skipped"] >= images - 8  # the window (4), at most once more in flight
     assert await mongo.images.count_documents({"request_id": request_id}) < 10  # no document per skip
+
+
+async def test_paging_lists_every_request_once_however_far_apart_or_close_in_time(
+    mongo: Mongo, repo: MongoRequestRepository
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    ages = [timedelta(0)] * 4 + [timedelta(seconds=30), timedelta(hours=3), timedelta(days=40)]
+    ages += [timedelta(days=400)] * 2  # beyond every span: found by the unbounded look
+    for n, age in enumerate(ages):
+        await repo.create_request(f"req-{n:02d}", an_upload(), owner="o1")
+        await mongo.requests.update_one(
+            {"_id": f"req-{n:02d}"}, {"$set": {"created_at": now - age, "status": "PENDING"}}
+        )
+    await repo.create_request("req-receiving", an_upload(), owner="o1")  # not accepted: never listed
+    await repo.create_request("req-other", an_upload(), owner="o2")
+    listed, cursor = [], None
+    for _ in range(len(ages)):
+        page = await repo.list_requests("o1", 3, cursor)
+        listed += [r["_id"] for r in page["requests"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    # Newest first; requests of the same millisecond by id, descending.
+    assert listed == [
+        "req-03",
+        "req-02",
+        "req-01",
+        "req-00",
+        "req-04",
+        "req-05",
+        "req-06",
+        "req-08",
+        "req-07",
+    ]
