@@ -18,6 +18,7 @@ from services.status.projection import ROUTES as STATUS_ROUTES
 from services.status.projection import StatusProjection
 from services.upload.deps import owner_of
 from shared.bus import EventBus, bind
+from shared.events import RequestCompleted
 from shared.mongo import Mongo
 from shared.repository import LIST_ORDER, MongoRequestRepository
 from shared.settings import Settings
@@ -164,9 +165,26 @@ class SlowCountingFetcher:
         return b"image bytes"
 
 
+class Completions:
+    """Stands in for the notifier: the completions announced."""
+
+    def __init__(self) -> None:
+        self.events: list[RequestCompleted] = []
+
+    async def completed(self, event: RequestCompleted) -> None:
+        self.events.append(event)
+
+
 @pytest.fixture
-async def workers(settings: Settings, mongo: Mongo) -> AsyncIterator[SlowCountingFetcher]:
-    """A compressor and the status service on the real bus, in this process."""
+async def completions() -> Completions:
+    return Completions()
+
+
+@pytest.fixture
+async def workers(
+    settings: Settings, mongo: Mongo, completions: Completions
+) -> AsyncIterator[SlowCountingFetcher]:
+    """A compressor, the status service and a notifier's queue on the real bus, in this process."""
     bus = EventBus(settings)
     await bus.connect()
     repo = MongoRequestRepository(mongo)
@@ -175,6 +193,7 @@ async def workers(settings: Settings, mongo: Mongo) -> AsyncIterator[SlowCountin
     projection = StatusProjection(repo, bus)
     await bus.subscribe("status", bind(STATUS_ROUTES, projection), prefetch=32)
     await bus.subscribe("compressor", bind(COMPRESSOR_ROUTES, compressor), prefetch=2)
+    await bus.subscribe("notifier", bind({RequestCompleted: Completions.completed}, completions), prefetch=8)
     sweeper = asyncio.create_task(projection.sweep_forever(interval=0.2))
     yield fetcher
     sweeper.cancel()
@@ -182,7 +201,7 @@ async def workers(settings: Settings, mongo: Mongo) -> AsyncIterator[SlowCountin
 
 
 async def test_a_cancel_mid_batch_skips_the_rest_unfetched_and_ends_cancelled_with_a_partial_csv(
-    api: httpx.AsyncClient, workers: SlowCountingFetcher
+    api: httpx.AsyncClient, workers: SlowCountingFetcher, completions: Completions
 ) -> None:
     images = 40
     request_id = await upload(api, images=images)
@@ -202,6 +221,8 @@ async def test_a_cancel_mid_batch_skips_the_rest_unfetched_and_ends_cancelled_wi
     never_fetched = {line.split(",")[2] for line in skipped}
     assert not never_fetched & set(workers.fetched), "a skipped image was fetched"
     assert len(set(workers.fetched)) == done
+    (announced,) = await eventually(lambda: completions.events)
+    assert (announced.status, announced.skipped) == ("CANCELLED", status["no_img_skipped"])
 
 
 async def test_a_100000_image_cancel_settles_without_a_message_per_image(
@@ -219,6 +240,14 @@ async def test_a_100000_image_cancel_settles_without_a_message_per_image(
     print(f"\n100,000-image cancel settled in {settled_s:.2f} s ({doc['no_img_skipped']} skipped in bulk)")
     assert doc["no_img_skipped"] >= images - 8  # the window (4), at most once more in flight
     assert await mongo.images.count_documents({"request_id": request_id}) < 10  # no document per skip
+    started = time.monotonic()
+    csv = (await api.get(f"/output/{request_id}")).content.decode("utf-8-sig").splitlines()
+    print(f"its output CSV: {len(csv) - 1} rows in {time.monotonic() - started:.1f} s")
+    assert len(csv) == 1 + images
+    assert (
+        sum(line.endswith(",SKIPPED: cancelled before it was started") for line in csv)
+        == doc["no_img_skipped"]
+    )
 
 
 async def test_paging_lists_every_request_once_however_far_apart_or_close_in_time(
