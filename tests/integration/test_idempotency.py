@@ -25,9 +25,7 @@ async def api(settings: Settings, mongo: Mongo) -> AsyncIterator[httpx.AsyncClie
         yield client
 
 
-async def upload(
-    api: httpx.AsyncClient, key: str | None, csv: str = GOOD_CSV, **data: str
-) -> httpx.Response:
+async def upload(api: httpx.AsyncClient, key: str | None, csv: str = GOOD_CSV, **data: str) -> httpx.Response:
     headers = {"Idempotency-Key": key} if key is not None else {}
     headers.update({k: v for k, v in data.items() if k == "X-API-Key"})
     fields = {"email": "a@example.com", **{k: v for k, v in data.items() if k != "X-API-Key"}}
