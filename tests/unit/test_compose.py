@@ -65,7 +65,15 @@ def _compose_config(
     # Hermetic: nothing from the caller's shell or a developer's .env may satisfy or change a variable.
     prefixes = ("IMAGEPIPE_", "RABBITMQ_", "COMPOSE_", "GRAFANA_")
     base = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    cmd = [str(binary), "--project-directory", str(REPO), "-f", str(COMPOSE_FILE), "--env-file", str(env_file)]
+    cmd = [
+        str(binary),
+        "--project-directory",
+        str(REPO),
+        "-f",
+        str(COMPOSE_FILE),
+        "--env-file",
+        str(env_file),
+    ]
     if profile is not None:
         cmd += ["--profile", profile]  # as `docker compose --profile observability config`
     return subprocess.run(
