@@ -10,8 +10,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from services.upload.idempotency import KEY_TTL
 from services.upload.intake import ABANDONED_AFTER
 from shared.mongo import Mongo
+from shared.repository import MongoRequestRepository
 from shared.settings import Settings
 from tests.integration.test_api import GOOD_CSV, client_for
 
@@ -154,3 +156,22 @@ async def test_a_webhook_secret_is_returned_once_and_again_only_in_a_replay(
     status = await api.get(f"/status/{first['request_id']}")
     assert status.status_code == 200 and first["webhook_secret"] not in status.text
     assert "webhook_secret" not in (await upload(api, None)).json()  # no webhook, no secret
+
+
+async def test_of_concurrent_claims_on_the_database_exactly_one_wins(repo: MongoRequestRepository) -> None:
+    claims = await asyncio.gather(
+        *(repo.claim_idempotency_key("owner", "k", "hash", f"request-{n:02d}", KEY_TTL) for n in range(10))
+    )
+    assert len({held.request_id for held in claims}) == 1
+    winner = claims[0].request_id
+    await repo.release_idempotency_key("owner", "k", "request-99")  # not its holder: changes nothing
+    assert (
+        await repo.claim_idempotency_key("owner", "k", "hash", "request-98", KEY_TTL)
+    ).request_id == winner
+    assert (
+        await repo.claim_idempotency_key(None, "k", "hash", "request-97", KEY_TTL)
+    ).request_id == "request-97"
+    await repo.release_idempotency_key("owner", "k", winner)
+    assert (
+        await repo.claim_idempotency_key("owner", "k", "h2", "request-96", KEY_TTL)
+    ).request_id == "request-96"
