@@ -105,9 +105,9 @@ def _where(attachment: Attachment, filename: str) -> list[str]:
     """Where the output CSV is: attached, or (too large to attach) behind its link, saying why."""
     if attachment.csv_bytes is not None:
         return [f"The output CSV is attached as {filename}."]
-    return [
-        f"The output CSV is larger than the {_size(attachment.limit)} an email may carry here, so it is not",
-        "attached. Download it from (with your API key, if the service uses keys):",
+    return [  # lines under 76 characters: no soft breaks in the quoted-printable body
+        f"The output CSV is larger than {_size(attachment.limit)}, too large to attach here.",
+        "Download it (with your API key, if the service uses keys) from:",
         f"  {attachment.link}",
     ]
 

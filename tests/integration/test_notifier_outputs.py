@@ -129,7 +129,7 @@ async def test_an_output_over_the_limit_is_linked_and_says_why(
     message, text = received(sink)
     assert list(message.iter_attachments()) == []
     assert f"{settings.base_url}/output/big-output-000000001" in text
-    assert "larger than the 200 bytes" in text
+    assert "larger than 200 bytes, too large to attach" in text
 
 
 async def test_a_100000_row_output_goes_by_link_with_the_default_limit(
