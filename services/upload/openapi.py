@@ -158,9 +158,11 @@ IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
     "description": "Makes the upload safe to retry: within 24 hours, the same key with the same body (CSV "
     "and fields) answers as the first upload was answered (the same `request_id`; header "
     "`Idempotent-Replayed: true`) and starts nothing new; with a different body, 422. Keys are per API "
-    "key when keys are on. 1 to 255 visible ASCII characters, e.g. a UUID.",
+    "key when keys are on. 1 to 255 visible ASCII characters: a fresh UUID per upload, e.g. "
+    "`3f1c2a9e-8d4b-4c1e-9a57-0b6c7d8e9f10`.",
+    # No `example`: Swagger UI's "Try it out" would send it with every upload, and the second (another
+    # CSV, the same key) would be refused.
     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
-    "example": "3f1c2a9e-8d4b-4c1e-9a57-0b6c7d8e9f10",
 }
 IN_PROGRESS: dict[str, Any] = {
     "model": ErrorBody,

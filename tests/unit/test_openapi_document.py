@@ -111,6 +111,7 @@ def test_the_upload_documents_its_idempotency_key_header_and_webhook_secret(
     (header,) = [p for p in upload["parameters"] if p["in"] == "header"]
     assert header["name"] == "Idempotency-Key" and header["required"] is False
     assert header["schema"]["maxLength"] == 255
+    assert "example" not in header and "examples" not in header  # "Try it out" must not send one
     assert "409" in upload["responses"] and "Idempotency-Key" in upload["responses"]["409"]["description"]
     secret = document["components"]["schemas"]["UploadAccepted"]["properties"]["webhook_secret"]
     assert "this answer alone" in secret["description"]
