@@ -148,6 +148,10 @@ class Mongo:
         return self.db["images"]
 
     @property
+    def idempotency_keys(self) -> AsyncCollection[Doc]:
+        return self.db["idempotency_keys"]
+
+    @property
     def files(self) -> AsyncCollection[Doc]:
         return self.db["fs.files"]
 
@@ -168,6 +172,9 @@ class Mongo:
             await self.requests.create_index("completion_pending", sparse=True)
             # Uploads not yet accepted (RECEIVING), looked for by the gateway's janitor.
             await self.requests.create_index("status")
+            # Idempotency keys expire by TTL (SecantusDB honours TTL indexes too, within about a minute);
+            # until the server removes one, the repository treats it as gone (claim_idempotency_key).
+            await self.idempotency_keys.create_index("expires_at", expireAfterSeconds=0)
 
     async def ping(self) -> bool:
         """For readiness probes: answers within a second, whatever the database does."""
