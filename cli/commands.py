@@ -85,6 +85,9 @@ def upload(api: Api, args: argparse.Namespace) -> Exit:
     )
     if accepted.get("options"):
         err.print(f"  options  {_options(accepted['options'])}")
+    if secret := accepted.get("webhook_secret"):
+        # Shown by the server in this answer only: the webhook's receiver needs it to verify deliveries.
+        err.print(f"  webhook secret  {secret}  (shown once: keep it to verify the webhooks)")
     if not out.is_terminal:
         out.print(request_id)  # for scripts: ID=$(imagepipe upload ...)
     return wait(api, request_id) if args.wait else Exit.OK

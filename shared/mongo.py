@@ -148,6 +148,10 @@ class Mongo:
         return self.db["images"]
 
     @property
+    def idempotency_keys(self) -> AsyncCollection[Doc]:
+        return self.db["idempotency_keys"]
+
+    @property
     def files(self) -> AsyncCollection[Doc]:
         return self.db["fs.files"]
 
@@ -172,6 +176,9 @@ class Mongo:
             await self.requests.create_index(
                 [("owner", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)]
             )
+            # Idempotency keys expire by TTL (SecantusDB honours TTL indexes too, within about a minute);
+            # until the server removes one, the repository treats it as gone (claim_idempotency_key).
+            await self.idempotency_keys.create_index("expires_at", expireAfterSeconds=0)
 
     async def ping(self) -> bool:
         """For readiness probes: answers within a second, whatever the database does."""

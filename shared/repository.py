@@ -21,11 +21,13 @@ import secrets
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NotRequired, Protocol, TypedDict, cast
 
 import pymongo
+import pymongo.errors
 from pymongo import UpdateOne
 
 from shared.mongo import Doc, Mongo, Session, adapts_driver_errors
@@ -145,6 +147,9 @@ class Upload(TypedDict):
     total_images: int
     row_chunks: int
     options: NotRequired[dict[str, Any]]  # ImageOptions.stored(): only what was given; absent = defaults
+    # With a webhook_url: the secret its webhooks are signed with, told to the uploader once (in the 202
+    # answer) and never shown again. Requests from before per-request secrets have none.
+    webhook_secret: NotRequired[str]
 
 
 class RequestDoc(Upload):
@@ -203,6 +208,15 @@ class OutboxEntry(TypedDict):
     no_img_failed: int
     lease_owner: NotRequired[str]
     lease_until: NotRequired[datetime]
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """Who holds an Idempotency-Key: the upload it was claimed for, and what that upload's body was."""
+
+    request_id: str
+    fingerprint: str  # a hash of the upload's body (its CSV and every field)
+    claimed_at: datetime
 
 
 class UnknownRequest(LookupError):
@@ -331,6 +345,24 @@ class RequestRepository(Protocol):
     async def discard(self, request_id: str) -> None:
         """Remove what a rejected or failed upload stored before it was accepted (never raises)."""
 
+    # --- idempotency keys: one upload per key and caller, for `ttl` ------------------------------------
+    async def claim_idempotency_key(
+        self, owner: str | None, key: str, fingerprint: str, request_id: str, ttl: timedelta
+    ) -> IdempotencyKey:
+        """Claim `key` (of `owner`; None: keys are off) for the upload `request_id`, atomically: of any
+        number of concurrent claimants, one gets it. The key's holder: ours (its `request_id` is ours),
+        or the earlier upload still holding it. An expired key is claimed afresh."""
+        ...
+
+    async def reclaim_idempotency_key(
+        self, owner: str | None, key: str, held_by: str, fingerprint: str, request_id: str, ttl: timedelta
+    ) -> bool:
+        """Take `key` over from the upload `held_by` (which came to nothing); False if it no longer holds it."""
+        ...
+
+    async def release_idempotency_key(self, owner: str | None, key: str, request_id: str) -> None:
+        """The upload `request_id` was not accepted: its key may be used again (never raises)."""
+
     # --- reads ----------------------------------------------------------------------------------------
     async def get(self, request_id: str, *, notifications: bool = True) -> RequestDoc | None: ...
 
@@ -448,6 +480,18 @@ def _restored(row: RowDoc, urls_column: int | None) -> RowDoc:
     return row
 
 
+def _idempotency_id(owner: str | None, key: str) -> str:
+    return f"{owner or ''}:{key}"  # owners are hex: the first colon ends the owner
+
+
+def _key_claim(request_id: str, fingerprint: str, now: datetime, ttl: timedelta) -> Doc:
+    return {"request_id": request_id, "fingerprint": fingerprint, "claimed_at": now, "expires_at": now + ttl}
+
+
+def _held(doc: Doc) -> IdempotencyKey:
+    return IdempotencyKey(doc["request_id"], doc["fingerprint"], doc["claimed_at"])
+
+
 @adapts_driver_errors
 class MongoRequestRepository:
     def __init__(self, mongo: Mongo) -> None:
@@ -533,6 +577,49 @@ class MongoRequestRepository:
                 await self.mongo.requests.delete_one({"_id": request_id, "status": RequestStatus.RECEIVING})
                 await self.mongo.rows.delete_many({"request_id": request_id})
         except Exception:  # best effort: the caller is already reporting a failure
+            return
+
+    # --- idempotency keys -----------------------------------------------------------------------------
+    async def claim_idempotency_key(
+        self, owner: str | None, key: str, fingerprint: str, request_id: str, ttl: timedelta
+    ) -> IdempotencyKey:
+        # The key is the document's _id: the unique index makes the insert the atomic claim.
+        doc_id = _idempotency_id(owner, key)
+        while True:
+            now = datetime.now(UTC)
+            claim: Doc = {"_id": doc_id, **_key_claim(request_id, fingerprint, now, ttl)}
+            try:
+                await self.mongo.idempotency_keys.insert_one(claim)
+                return _held(claim)
+            except pymongo.errors.DuplicateKeyError:
+                pass
+            held = await self.mongo.idempotency_keys.find_one({"_id": doc_id})
+            if held is None:
+                continue  # released meanwhile
+            if held["expires_at"] > now:
+                return _held(held)
+            # Expired, not yet removed by the TTL monitor (it runs about once a minute): claim it afresh.
+            if await self.reclaim_idempotency_key(
+                owner, key, held["request_id"], fingerprint, request_id, ttl
+            ):
+                return IdempotencyKey(request_id, fingerprint, now)
+
+    async def reclaim_idempotency_key(
+        self, owner: str | None, key: str, held_by: str, fingerprint: str, request_id: str, ttl: timedelta
+    ) -> bool:
+        taken = await self.mongo.idempotency_keys.update_one(
+            {"_id": _idempotency_id(owner, key), "request_id": held_by},
+            {"$set": _key_claim(request_id, fingerprint, datetime.now(UTC), ttl)},
+        )
+        return taken.modified_count == 1
+
+    async def release_idempotency_key(self, owner: str | None, key: str, request_id: str) -> None:
+        try:
+            with pymongo.timeout(2.0):
+                await self.mongo.idempotency_keys.delete_one(
+                    {"_id": _idempotency_id(owner, key), "request_id": request_id}
+                )
+        except Exception:  # best effort: a key left behind is taken over once its upload is known dead
             return
 
     # --- reads ----------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from shared.repository import (
     COMPLETES_AS,
     AttemptDoc,
     Claim,
+    IdempotencyKey,
     OutboxEntry,
     OutcomeDoc,
     OutcomeStatus,
@@ -78,6 +79,7 @@ class FakeRequestRepository:
         self.chunks: dict[tuple[str, int], RowChunkDoc] = {}
         self.outcomes: dict[tuple[str, int], OutcomeDoc] = {}
         self.leases: dict[str, tuple[str, datetime]] = {}
+        self.idempotency_keys: dict[tuple[str | None, str], tuple[IdempotencyKey, datetime]] = {}
 
     # --- upload ---------------------------------------------------------------------------------------
     async def add_rows(
@@ -137,6 +139,32 @@ class FakeRequestRepository:
             del self.requests[request_id]
         for key in [k for k in self.chunks if k[0] == request_id]:
             del self.chunks[key]
+
+    # --- idempotency keys -----------------------------------------------------------------------------
+    async def claim_idempotency_key(
+        self, owner: str | None, key: str, fingerprint: str, request_id: str, ttl: timedelta
+    ) -> IdempotencyKey:
+        now = datetime.now(UTC)
+        held = self.idempotency_keys.get((owner, key))
+        if held is not None and held[1] > now:
+            return held[0]
+        self.idempotency_keys[(owner, key)] = (IdempotencyKey(request_id, fingerprint, now), now + ttl)
+        return self.idempotency_keys[(owner, key)][0]
+
+    async def reclaim_idempotency_key(
+        self, owner: str | None, key: str, held_by: str, fingerprint: str, request_id: str, ttl: timedelta
+    ) -> bool:
+        held = self.idempotency_keys.get((owner, key))
+        if held is None or held[0].request_id != held_by:
+            return False
+        now = datetime.now(UTC)
+        self.idempotency_keys[(owner, key)] = (IdempotencyKey(request_id, fingerprint, now), now + ttl)
+        return True
+
+    async def release_idempotency_key(self, owner: str | None, key: str, request_id: str) -> None:
+        held = self.idempotency_keys.get((owner, key))
+        if held is not None and held[0].request_id == request_id:
+            del self.idempotency_keys[(owner, key)]
 
     # --- reads ----------------------------------------------------------------------------------------
     async def get(self, request_id: str, *, notifications: bool = True) -> RequestDoc | None:
@@ -440,7 +468,11 @@ class RecordingMailer:
 class RecordingWebhooks:
     posted: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
     outcome: AttemptOutcome = field(default_factory=lambda: AttemptOutcome(ok=True, status=204))
+    secrets: list[str | None] = field(default_factory=list)  # what each post was to be signed with
 
-    async def post(self, url: str, payload: dict[str, Any], *, message_id: str) -> AttemptOutcome:
+    async def post(
+        self, url: str, payload: dict[str, Any], *, message_id: str, secret: str | None
+    ) -> AttemptOutcome:
         self.posted.append((url, payload, message_id))
+        self.secrets.append(secret)
         return self.outcome

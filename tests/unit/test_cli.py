@@ -93,6 +93,26 @@ def test_upload_sends_the_image_options_given_as_form_fields(tmp_path: Path) -> 
     assert sent[-1] == {"email": "a@example.com"}  # none given: none sent, the defaults apply
 
 
+def test_upload_shows_the_webhook_secret_it_is_given_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv_path = tmp_path / "p.csv"
+    csv_path.write_text("S. No.,Product Name,Input Image Urls\n")
+    args = parser().parse_args(
+        ["upload", str(csv_path), "--email", "a@example.com", "--webhook", "https://h/x"]
+    )
+
+    class AcceptingApi:
+        def upload(self, path: str, fields: dict[str, str]) -> dict[str, Any]:
+            return {"request_id": "r1", "products": 0, "images": 0, "webhook_secret": "whsec_c2VjcmV0"}
+
+        def page_url(self, request_id: str) -> str:
+            return f"http://h/r/{request_id}"
+
+    assert args.run(AcceptingApi(), args) == Exit.OK
+    assert "whsec_c2VjcmV0" in capsys.readouterr().err
+
+
 def _api_answering(answers: dict[tuple[str, str], tuple[int, dict[str, Any]]]) -> Any:
     """The real CLI client, over a transport answering `answers[(method, path)]`; records the calls."""
     import httpx

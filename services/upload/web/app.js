@@ -168,6 +168,7 @@ async function upload(event) {
       showProblems(box, body, `The upload was refused (HTTP ${response.status}).`);
       return;
     }
+    justUploaded = body.webhook_secret ? { id: body.request_id, secret: body.webhook_secret } : null;
     history.pushState({}, "", `/r/${body.request_id}`);
     route();
   } catch (error) {
@@ -378,10 +379,20 @@ function renderThumbs(s) {
 }
 
 // --- routing ----------------------------------------------------------------------------------------------
+// The webhook secret of the request just uploaded: the server shows it in the upload's answer only.
+let justUploaded = null;
+
+function showWebhookSecret(id) {
+  const shown = justUploaded !== null && justUploaded.id === id;
+  $("webhook-secret").hidden = !shown;
+  $("webhook-secret-value").textContent = shown ? justUploaded.secret : "";
+}
+
 function route() {
   const match = location.pathname.match(/^\/r\/([A-Za-z0-9_-]+)$/);
   $("upload-view").hidden = Boolean(match);
   $("request-view").hidden = !match;
+  showWebhookSecret(match ? match[1] : null);
   if (match) {
     document.title = `imagepipe · ${match[1]}`;
     follow(match[1]);
