@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -84,12 +85,20 @@ class Settings(BaseSettings):
         60.0  # POST /webhook-completed: at most one re-send per request per interval
     )
 
+    # --- retention ------------------------------------------------------------------------------------
+    # Finished requests, with their images, are deleted this long after they finished; 0 keeps them forever.
+    retention_days: float = Field(default=30.0, ge=0)
+
     # --- operations -----------------------------------------------------------------------------------
     health_port: int = 0  # workers' /healthz, /readyz and /metrics; 0 picks a free port
     log_level: str = "INFO"
     log_json: bool = True
     shutdown_grace: float = 20.0
     compressors: int = 2  # how many compressor processes `make run` starts
+
+    @property
+    def retention(self) -> timedelta | None:
+        return timedelta(days=self.retention_days) if self.retention_days else None
 
     @property
     def base_url(self) -> str:

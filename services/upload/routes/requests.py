@@ -1,4 +1,5 @@
-"""A request's progress (GET /status/{id}) and its output CSV (GET /output/{id})."""
+"""A request's progress (GET /status/{id}), its output CSV (GET /output/{id}), and deleting it
+(DELETE /requests/{id})."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from fastapi.responses import StreamingResponse
 
 from services.upload.deps import ApiKey, GatewayDep
 from services.upload.errors import ApiError, problem
-from services.upload.openapi import StatusBody, errors, ok
+from services.upload.lifecycle import delete_request
+from services.upload.openapi import Responses, StatusBody, errors, ok
 from services.upload.status_view import View, render_status
 from shared.output_csv import output_csv
-from shared.repository import RequestStatus
+from shared.repository import REQUEST_ID_PATTERN, RequestStatus
 
 router = APIRouter(dependencies=[ApiKey], tags=["requests"])
 
@@ -52,3 +54,27 @@ async def output(request_id: str, gateway: GatewayDep) -> StreamingResponse:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="imagepipe-{request_id}.csv"'},
     )
+
+
+DELETED: Responses = {204: {"description": "Deleted: its status, output and image URLs now answer 404."}}
+
+
+@router.delete(
+    "/requests/{request_id}",
+    summary="Delete a request, with its images",
+    status_code=204,
+    response_class=Response,
+    responses=DELETED | errors(401, 404, 503),
+)
+async def delete(request_id: str, gateway: GatewayDep) -> Response:
+    """Deletes the request, its rows, its outcomes and its stored images, before answering. A running
+    request stops: its remaining images are skipped. Repeating the call while the deletion settles
+    (an hour) answers 204 again, and finishes anything an interrupted deletion left."""
+    runtime = gateway.runtime
+    if not REQUEST_ID_PATTERN.match(request_id) or not await delete_request(
+        runtime.repo, runtime.images, request_id
+    ):
+        raise ApiError(404, f"unknown request_id {request_id!r}")
+    gateway.status_cache.forget(request_id)
+    gateway.progress_cache.forget(request_id)
+    return Response(status_code=204)
