@@ -143,6 +143,14 @@ class UploadAccepted(BaseModel):
     )
 
 
+class DeletionBody(BaseModel):
+    request_id: str = Field(examples=[EXAMPLE_ID])
+    deleted: bool = Field(
+        description="Always true: the request, its rows and outcomes are gone; its images are going.",
+        examples=[True],
+    )
+
+
 class Failure(BaseModel):
     index: int = Field(description="The image's position in the request, from 0.")
     url: str
