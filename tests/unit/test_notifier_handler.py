@@ -165,3 +165,11 @@ async def test_without_options_the_email_says_defaults(tmp_path: Path) -> None:
     await n.notify(completed())
     (mail,) = n.mailer.sent  # type: ignore[attr-defined]
     assert "Options:     none (defaults)" in mail.get_body(("plain",)).get_content()
+
+
+async def test_a_completion_of_a_deleted_request_is_dropped(tmp_path: Path) -> None:
+    n = await notifier(tmp_path)
+    assert await n.repo.purge("r1")
+    await n.notify(completed())  # returns: acknowledged, nothing sent, nothing recreated
+    assert (n.mailer.sent, n.webhooks.posted) == ([], [])  # type: ignore[attr-defined]
+    assert await n.repo.get("r1") is None
