@@ -35,7 +35,7 @@ SSIMULACRA2 `target`). The status shows what each image became (`output_details`
 
 TAGS = [
     {"name": "uploads", "description": "Send a CSV of products and their image URLs."},
-    {"name": "requests", "description": "Follow a request: its progress, live events, its output CSV."},
+    {"name": "requests", "description": "Follow a request: its progress, live events, its output CSV; delete it."},
     {"name": "images", "description": "The compressed images (public, unguessable links)."},
     {"name": "notifications", "description": "Send a finished request's email again."},
     {"name": "operations", "description": "Liveness, readiness and metrics."},
