@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -217,7 +218,11 @@ async def test_delete_answers_202_then_everything_of_the_request_answers_404(
     assert deleted.status_code == 202, deleted.text
     assert deleted.json() == {"request_id": "req-api-delete-01", "deleted": True}
 
-    for path in ("/status/req-api-delete-01", "/output/req-api-delete-01", "/status/req-api-delete-01/events"):
+    for path in (
+        "/status/req-api-delete-01",
+        "/output/req-api-delete-01",
+        "/status/req-api-delete-01/events",
+    ):
         gone = await api.get(path)  # at once
         assert gone.status_code == 404, path
         assert "req-api-delete-01" in gone.json()["error"]
@@ -231,3 +236,20 @@ async def test_delete_answers_202_then_everything_of_the_request_answers_404(
     assert again.status_code == 202
     unknown = await api.delete("/requests/req-api-unknown-01")
     assert unknown.status_code == 404 and "unknown request_id" in unknown.json()["error"]
+
+
+async def test_the_sweeper_deletes_a_request_once_its_tiny_retention_has_passed(
+    mongo: Mongo, repo: MongoRequestRepository, images: GridFsImageStore
+) -> None:
+    file_ids = await stored_request(repo, images, "req-swept-0000001")
+    await stored_request(repo, images, "req-unfinished-01", total=2, done=1)
+    sweeper = asyncio.create_task(lifecycle.sweep_forever(repo, images, timedelta(seconds=1), interval=0.1))
+    try:
+
+        async def swept() -> bool:
+            return await left_of(mongo, "req-swept-0000001", file_ids) == NOTHING
+
+        await eventually(swept)
+        assert await repo.status_of("req-unfinished-01") == RequestStatus.PENDING
+    finally:
+        sweeper.cancel()
