@@ -3,6 +3,7 @@
     imagepipe upload FILE --email ADDR [--webhook URL] [--wait] [--url BASE]
     imagepipe status ID [--wait] [--json] [--url BASE]
     imagepipe download ID -o DIR [--url BASE]
+    imagepipe delete ID [--yes] [--url BASE]
 
 The API's address is --url, else IMAGEPIPE_URL, else the local API; the key, if the server wants one, is
 IMAGEPIPE_API_KEY. Exit codes are in exit_codes.py (and `imagepipe --help`).
@@ -19,13 +20,14 @@ from cli.api import Api, CliError
 from cli.exit_codes import HELP, Exit
 
 # Every subcommand, in the order `--help` lists them: add a new one here.
-COMMANDS = (commands.add_upload, commands.add_status, commands.add_download)
+COMMANDS = (commands.add_upload, commands.add_status, commands.add_download, commands.add_delete)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imagepipe",
-        description="Compress product images: upload a CSV, follow its progress, download the results.",
+        description="Compress product images: upload a CSV, follow its progress, download the results, "
+        "delete them.",
         epilog=f"environment: IMAGEPIPE_URL (the API), IMAGEPIPE_API_KEY\n\nexit codes:\n{HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

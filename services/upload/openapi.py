@@ -35,7 +35,7 @@ SSIMULACRA2 `target`). The status shows what each image became (`output_details`
 
 TAGS = [
     {"name": "uploads", "description": "Send a CSV of products and their image URLs."},
-    {"name": "requests", "description": "Follow a request: its progress, live events, its output CSV."},
+    {"name": "requests", "description": "Follow a request: its progress, live events, its output CSV; delete it."},
     {"name": "images", "description": "The compressed images (public, unguessable links)."},
     {"name": "notifications", "description": "Send a finished request's email again."},
     {"name": "operations", "description": "Liveness, readiness and metrics."},
@@ -169,6 +169,14 @@ IN_PROGRESS: dict[str, Any] = {
     "description": "An upload with the same `Idempotency-Key` is still being stored: retry after "
     "`Retry-After` seconds for its answer.",
 }
+
+
+class DeletionBody(BaseModel):
+    request_id: str = Field(examples=[EXAMPLE_ID])
+    deleted: bool = Field(
+        description="Always true: the request, its rows and outcomes are gone; its images are going.",
+        examples=[True],
+    )
 
 
 class Failure(BaseModel):
