@@ -5,6 +5,7 @@
     imagepipe download ID -o DIR [--url BASE]
     imagepipe list [--limit N] [--cursor C] [--json] [--url BASE]
     imagepipe cancel ID [--no-wait] [--url BASE]
+    imagepipe delete ID [--yes] [--url BASE]
 
 The API's address is --url, else IMAGEPIPE_URL, else the local API; the key, if the server wants one, is
 IMAGEPIPE_API_KEY. Exit codes are in exit_codes.py (and `imagepipe --help`).
@@ -27,13 +28,15 @@ COMMANDS = (
     commands.add_download,
     commands.add_list,
     commands.add_cancel,
+    commands.add_delete,
 )
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imagepipe",
-        description="Compress product images: upload a CSV, follow its progress, download the results.",
+        description="Compress product images: upload a CSV, follow its progress, download the results, "
+        "delete them.",
         epilog=f"environment: IMAGEPIPE_URL (the API), IMAGEPIPE_API_KEY\n\nexit codes:\n{HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

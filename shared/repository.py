@@ -6,6 +6,7 @@ and their position under a compound index, so a request's documents are read in 
     requests   one document per upload (`RequestDoc`): settings, counters, status, delivery bookkeeping
     rows       the uploaded CSV, ROWS_PER_CHUNK rows per document (`RowChunkDoc`), written once
     images     one outcome per image (`OutcomeDoc`), written once, by the status service
+    purges     one document per deleted request (`purge`), until its deletion is finished for certain
 
 Who writes which field is in docs/architecture.md. Services use `RequestRepository` (the port); the
 database's rules behind these queries are in mongo.py; tests use an in-memory fake (tests/fakes.py).
@@ -221,6 +222,10 @@ class IdempotencyKey:
 
 class UnknownRequest(LookupError):
     """The request does not exist (never did, or was removed)."""
+
+
+class RequestPurged(UnknownRequest):
+    """The request was deleted (its purge is recorded): work still arriving for it is dropped, not retried."""
 
 
 Row = tuple[RowDoc, list[OutcomeDoc | None]]  # a row, with the outcome of each of its images (or None)
@@ -447,6 +452,29 @@ class RequestRepository(Protocol):
 
     async def release_renotify(self, request_id: str) -> None:
         """The claimed re-send could not be queued: let the next one be claimed at once."""
+
+    # --- deletion and retention ------------------------------------------------------------------------
+    async def purge(self, request_id: str) -> bool:
+        """Delete an accepted request: first make it unreachable (record the purge, then remove the request
+        document), then remove its rows and outcomes. Idempotent and resumable: the purge record stays
+        until `forget_purge`, so a sweep finishes what a crash interrupted and removes what late work
+        stored. False if there is no such request and no purge of it is recorded."""
+        ...
+
+    async def was_purged(self, request_id: str) -> bool:
+        """Whether the request's purge is recorded (it was deleted recently, or is being deleted)."""
+        ...
+
+    def purges(self, older_than: timedelta, limit: int) -> AsyncIterator[str]:
+        """Requests whose purge was recorded more than `older_than` ago (at most `limit`)."""
+        ...
+
+    async def forget_purge(self, request_id: str) -> None:
+        """The purge is finished for certain: drop its record."""
+
+    def expired(self, completed_before: datetime, limit: int) -> AsyncIterator[str]:
+        """Requests in a final status completed before `completed_before` (at most `limit`)."""
+        ...
 
 
 def _row_bytes(row: RowDoc) -> int:
@@ -855,7 +883,12 @@ class MongoRequestRepository:
         async def record(session: Session) -> bool:
             return await self._record_outcomes(session, request_id, outcomes)
 
-        return await self.mongo.transaction(record)
+        try:
+            return await self.mongo.transaction(record)
+        except UnknownRequest:
+            if await self.was_purged(request_id):
+                raise RequestPurged(f"request {request_id} was deleted") from None
+            raise
 
     async def _record_outcomes(
         self, session: Session, request_id: str, outcomes: Sequence[OutcomeDoc]
@@ -987,3 +1020,41 @@ class MongoRequestRepository:
 
     async def release_renotify(self, request_id: str) -> None:
         await self.mongo.requests.update_one({"_id": request_id}, {"$unset": {"renotify_after": ""}})
+
+    # --- deletion and retention -----------------------------------------------------------------------
+    async def purge(self, request_id: str) -> bool:
+        # The order makes every step safe to interrupt: the purge record first (so the sweep resumes from
+        # it), then the request document (from then on every read answers "unknown", no outcome can be
+        # counted, nothing is published), then what only the request document made reachable.
+        found = await self.mongo.requests.find_one({"_id": request_id}, projection={"status": 1})
+        if found is None and not await self.was_purged(request_id):
+            return False
+        if found is not None and found["status"] == RequestStatus.RECEIVING:
+            return False  # not accepted: the upload's own clean-up (settle_upload) owns it
+        await self.mongo.purges.update_one(
+            {"_id": request_id}, {"$setOnInsert": {"at": datetime.now(UTC)}}, upsert=True
+        )
+        await self.mongo.requests.delete_one({"_id": request_id, "status": {"$ne": RequestStatus.RECEIVING}})
+        await self.mongo.rows.delete_many({"request_id": request_id})
+        await self.mongo.images.delete_many({"request_id": request_id})
+        return True
+
+    async def was_purged(self, request_id: str) -> bool:
+        return await self.mongo.purges.find_one({"_id": request_id}, projection={"_id": 1}) is not None
+
+    async def purges(self, older_than: timedelta, limit: int) -> AsyncIterator[str]:
+        cutoff = datetime.now(UTC) - older_than
+        async for doc in self.mongo.purges.find({"at": {"$lt": cutoff}}, projection={"_id": 1}).limit(limit):
+            yield doc["_id"]
+
+    async def forget_purge(self, request_id: str) -> None:
+        await self.mongo.purges.delete_one({"_id": request_id})
+
+    async def expired(self, completed_before: datetime, limit: int) -> AsyncIterator[str]:
+        # A range on the one indexed field; the status is checked here (see mongo.py). Only final
+        # requests have a completion time, so this reads almost nothing else.
+        async for doc in self.mongo.requests.find(
+            {"completed_at": {"$lt": completed_before}}, projection={"status": 1}
+        ).limit(limit):
+            if doc["status"] in FINAL_STATUSES:
+                yield doc["_id"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -95,6 +96,10 @@ class Settings(BaseSettings):
         60.0  # POST /webhook-completed: at most one re-send per request per interval
     )
 
+    # --- retention ------------------------------------------------------------------------------------
+    # Finished requests, with their images, are deleted this long after they finished; 0 keeps them forever.
+    retention_days: float = Field(default=30.0, ge=0)
+
     # --- operations -----------------------------------------------------------------------------------
     health_port: int = 0  # workers' /healthz, /readyz and /metrics; 0 picks a free port
     log_level: str = "INFO"
@@ -121,6 +126,10 @@ class Settings(BaseSettings):
             return None  # set but empty (compose passes an unset optional variable so): none
         secret_key(value.get_secret_value())  # a ValueError naming what is wrong, at startup
         return value
+
+    @property
+    def retention(self) -> timedelta | None:
+        return timedelta(days=self.retention_days) if self.retention_days else None
 
     @property
     def base_url(self) -> str:

@@ -25,6 +25,7 @@ from shared.files import ImageDownload, ImageMeta, StoredImage
 from shared.image_options import ImageOptions
 from shared.repository import (
     COMPLETES_AS,
+    FINAL_STATUSES,
     AttemptDoc,
     Claim,
     IdempotencyKey,
@@ -33,6 +34,7 @@ from shared.repository import (
     OutcomeStatus,
     RequestDoc,
     RequestPage,
+    RequestPurged,
     RequestStatus,
     Row,
     RowChunkDoc,
@@ -80,6 +82,7 @@ class FakeRequestRepository:
         self.outcomes: dict[tuple[str, int], OutcomeDoc] = {}
         self.leases: dict[str, tuple[str, datetime]] = {}
         self.idempotency_keys: dict[tuple[str | None, str], tuple[IdempotencyKey, datetime]] = {}
+        self.purged: dict[str, datetime] = {}  # request id -> when its purge was recorded
 
     # --- upload ---------------------------------------------------------------------------------------
     async def add_rows(
@@ -303,7 +306,7 @@ class FakeRequestRepository:
     async def record_outcomes(self, request_id: str, outcomes: Sequence[OutcomeDoc]) -> bool:
         request = self.requests.get(request_id)
         if request is None:
-            raise UnknownRequest(request_id)
+            raise (RequestPurged if request_id in self.purged else UnknownRequest)(request_id)
         skipped_from = request.get("skipped_from", request["total_images"])
         new = {
             (request_id, o["index"]): o
@@ -375,6 +378,42 @@ class FakeRequestRepository:
     async def release_renotify(self, request_id: str) -> None:
         self.requests[request_id].pop("renotify_after", None)
 
+    # --- deletion and retention -----------------------------------------------------------------------
+    async def purge(self, request_id: str) -> bool:
+        request = self.requests.get(request_id)
+        if request is None and request_id not in self.purged:
+            return False
+        if request is not None and request["status"] == RequestStatus.RECEIVING:
+            return False
+        self.purged.setdefault(request_id, datetime.now(UTC))
+        self.requests.pop(request_id, None)
+        self.leases.pop(request_id, None)
+        for store in (self.chunks, self.outcomes):
+            for key in [key for key in store if key[0] == request_id]:
+                del store[key]  # type: ignore[attr-defined]
+        return True
+
+    async def was_purged(self, request_id: str) -> bool:
+        return request_id in self.purged
+
+    async def purges(self, older_than: timedelta, limit: int) -> AsyncIterator[str]:
+        cutoff = datetime.now(UTC) - older_than
+        for request_id in [r for r, at in self.purged.items() if at < cutoff][:limit]:
+            yield request_id
+
+    async def forget_purge(self, request_id: str) -> None:
+        self.purged.pop(request_id, None)
+
+    async def expired(self, completed_before: datetime, limit: int) -> AsyncIterator[str]:
+        found = [
+            request_id
+            for request_id, doc in self.requests.items()
+            if doc["status"] in FINAL_STATUSES
+            and doc.get("completed_at", completed_before) < completed_before
+        ]
+        for request_id in found[:limit]:
+            yield request_id
+
 
 @dataclass
 class FakeImageStore:
@@ -401,6 +440,12 @@ class FakeImageStore:
             yield data
 
         return ImageDownload(meta["contentType"], len(data), chunks())
+
+    async def purge(self, request_id: str) -> int:
+        gone = [file_id for file_id, (_, meta) in self.files.items() if meta["request_id"] == request_id]
+        for file_id in gone:
+            del self.files[file_id]
+        return len(gone)
 
 
 def watching_compressor(

@@ -61,6 +61,9 @@ class Notifier:
     async def notify(self, event: Notice) -> None:
         request = await self.repo.get(event.request_id, notifications=False)
         if request is None:
+            if await self.repo.was_purged(event.request_id):  # deleted: nobody is to be told any more
+                log.info("notification_of_deleted_request_dropped", request_id=event.request_id)
+                return
             raise UnknownRequest(f"no request {event.request_id}")
         key = event.event_id
         summary = self._summary(request)

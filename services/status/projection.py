@@ -30,6 +30,7 @@ from shared.events import Event, ImageCompressed, ImageFailed, ImageSkipped, Req
 from shared.repository import (
     OutcomeDoc,
     OutcomeStatus,
+    RequestPurged,
     RequestRepository,
     RequestStatus,
     UnknownRequest,
@@ -67,6 +68,9 @@ class StatusProjection:
             while batch := self._waiting.pop(request_id, None):
                 try:
                     completed = await self.repo.record_outcomes(request_id, [_outcome(e) for e, _ in batch])
+                except RequestPurged:  # deleted: its outcomes are done with, and must not recreate it
+                    log.info("outcomes_of_deleted_request_dropped", request_id=request_id, count=len(batch))
+                    completed = False
                 except Exception as exc:
                     for _, done in batch:
                         if not done.done():  # its handler was cancelled (shutdown, lost channel)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import structlog
@@ -13,6 +13,7 @@ from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPBearer
 
 from services.upload.csv_input import CsvLimits
 from services.upload.errors import ApiError
+from services.upload.lifecycle import Deletions
 from services.upload.relay import OutboxRelay
 from services.upload.status_view import ShortLivedCache
 from shared.repository import REQUEST_ID_PATTERN, RequestDoc, RequestStatus
@@ -26,6 +27,10 @@ class Gateway:
     limits: CsvLimits
     status_cache: ShortLivedCache
     progress_cache: ShortLivedCache  # live progress renderings, shared by every watcher of a request
+    deletions: Deletions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deletions = Deletions(self.runtime.repo, self.runtime.images)
 
     async def request_or_404(
         self, request_id: str, owner: str | None, *, notifications: bool = True

@@ -38,7 +38,7 @@ TAGS = [
     {
         "name": "requests",
         "description": "Your requests: list them, follow one (progress, live events), get its output CSV, "
-        "cancel it.",
+        "cancel or delete it.",
     },
     {"name": "images", "description": "The compressed images (public, unguessable links)."},
     {"name": "notifications", "description": "Send a finished request's email again."},
@@ -173,6 +173,14 @@ IN_PROGRESS: dict[str, Any] = {
     "description": "An upload with the same `Idempotency-Key` is still being stored: retry after "
     "`Retry-After` seconds for its answer.",
 }
+
+
+class DeletionBody(BaseModel):
+    request_id: str = Field(examples=[EXAMPLE_ID])
+    deleted: bool = Field(
+        description="Always true: the request, its rows and outcomes are gone; its images are going.",
+        examples=[True],
+    )
 
 
 class Failure(BaseModel):

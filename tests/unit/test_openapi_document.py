@@ -55,6 +55,7 @@ def test_every_answer_has_a_schema_and_errors_have_the_one_shape(document: dict[
         ("/output/{request_id}", "get", {"200", "401", "404", "409", "503"}),
         ("/webhook-completed", "post", {"202", "400", "401", "404", "409", "429", "503"}),
         ("/image/{file_id}", "get", {"200", "404", "503"}),
+        ("/requests/{request_id}", "delete", {"202", "401", "404", "503"}),
     ],
 )
 def test_each_route_documents_the_answers_it_gives(

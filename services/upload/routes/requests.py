@@ -1,5 +1,5 @@
-"""A caller's requests (GET /requests), one's progress (GET /status/{id}), its output CSV (GET /output/{id})
-and its cancel (POST /requests/{id}/cancel)."""
+"""A caller's requests (GET /requests), one's progress (GET /status/{id}), its output CSV (GET /output/{id}),
+cancelling it (POST /requests/{id}/cancel) and deleting it (DELETE /requests/{id})."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from fastapi.responses import StreamingResponse
 
 from services.upload.deps import ApiKey, GatewayDep, Owner
 from services.upload.errors import ApiError, problem
-from services.upload.openapi import RequestList, Responses, StatusBody, errors, ok
+from services.upload.openapi import DeletionBody, RequestList, Responses, StatusBody, errors, ok
 from services.upload.status_view import View, listed, render_status, summary
 from shared.output_csv import output_csv
-from shared.repository import FINAL_STATUSES, InvalidCursor, RequestStatus
+from shared.repository import FINAL_STATUSES, REQUEST_ID_PATTERN, InvalidCursor, RequestStatus
 
 log = structlog.get_logger()
 router = APIRouter(dependencies=[ApiKey], tags=["requests"])
@@ -115,3 +115,32 @@ async def cancel(request_id: str, gateway: GatewayDep, owner: Owner) -> Response
     body: dict[str, Any] = summary(request, gateway.runtime.links)
     code = 200 if request["status"] == RequestStatus.CANCELLED else 202
     return Response(orjson.dumps(body), status_code=code, media_type="application/json")
+
+
+DELETING: Responses = {
+    202: {
+        "description": "Deleted: its status, output and progress answer 404 from now on; its images are "
+        "being removed (their URLs answer 404 within moments).",
+        "model": DeletionBody,
+    }
+}
+
+
+@router.delete(
+    "/requests/{request_id}",
+    summary="Delete a request, with its images",
+    status_code=202,
+    response_model=DeletionBody,
+    responses=DELETING | errors(401, 404, 503),
+)
+async def delete(request_id: str, gateway: GatewayDep, owner: Owner) -> DeletionBody:
+    """Deletes the request, its rows and its outcomes before answering, and its stored images just after
+    (about 1.5 ms an image). A running request stops: its remaining images are skipped. Repeating the
+    call within the hour after answers 202 again, and finishes anything an interrupted deletion left."""
+    if not REQUEST_ID_PATTERN.match(request_id) or not await gateway.runtime.repo.was_purged(request_id):
+        await gateway.request_or_404(request_id, owner, notifications=False)  # unknown, or another key's
+    if not await gateway.deletions.start(request_id):
+        raise ApiError(404, f"unknown request_id {request_id!r}")
+    gateway.status_cache.forget(request_id)
+    gateway.progress_cache.forget(request_id)
+    return DeletionBody(request_id=request_id, deleted=True)

@@ -1,7 +1,7 @@
 // imagepipe's web page: upload (and your recent requests) at "/", one request's live progress at "/r/{id}"
 // (bookmarkable). Plain ES module, no build step. It uses the public API: POST /upload, GET /requests,
-// GET /status/{id}/events (SSE), GET /output/{id}, POST /requests/{id}/cancel. Text from the server is
-// always set as text, never as HTML.
+// GET /status/{id}/events (SSE), GET /output/{id}, POST /requests/{id}/cancel, DELETE /requests/{id}.
+// Text from the server is always set as text, never as HTML.
 
 const FINAL = ["COMPLETED", "CANCELLED"]; // states after which nothing changes; the stream then ends
 const KEY_STORE = "imagepipe.apiKey"; // sessionStorage: the API key lives as long as the tab
@@ -210,6 +210,8 @@ function follow(id) {
   $("thumbs").replaceChildren();
   $("request-id").textContent = id;
   $("request-error").hidden = true;
+  $("request-deleted").hidden = true;
+  $("delete-button").disabled = false;
   $("json-link").href = `/status/${id}`;
   $("json-link").hidden = Boolean(apiKey()); // a plain link cannot send the key
   const key = apiKey();
@@ -295,6 +297,30 @@ async function cancelRequest() {
   if (!response || !response.ok) return showProblems($("request-error"), body, "The cancel was refused.");
   button.hidden = true;
   $("state").textContent = body.status; // the stream shows the rest as it settles
+}
+
+async function deleteRequest() {
+  const id = $("request-id").textContent;
+  if (!confirm(`Delete request ${id}, its output CSV and all its images? This cannot be undone.`)) return;
+  $("delete-button").disabled = true;
+  const response = await fetch(`/requests/${encodeURIComponent(id)}`, { method: "DELETE", headers: authHeaders() }).catch(() => null);
+  if (!response || !response.ok) {
+    $("delete-button").disabled = false;
+    const body = response ? await response.json().catch(() => null) : null;
+    return showProblems($("request-error"), body, "The server cannot be reached; nothing was deleted.");
+  }
+  if (stream) stream.close();
+  $("live").hidden = true;
+  $("state").textContent = "DELETED";
+  $("state").className = "state failed";
+  $("cancel-button").hidden = true;
+  for (const link of [$("output-link"), $("json-link")]) {
+    link.classList.add("disabled");
+    link.removeAttribute("href");
+  }
+  $("thumbs").replaceChildren();
+  $("request-error").hidden = true;
+  $("request-deleted").hidden = false;
 }
 
 async function downloadWithKey(event) {
@@ -408,5 +434,6 @@ setUpUpload();
 setUpOptions();
 $("output-link").addEventListener("click", downloadWithKey);
 $("cancel-button").addEventListener("click", cancelRequest);
+$("delete-button").addEventListener("click", deleteRequest);
 window.addEventListener("popstate", route);
 route();
