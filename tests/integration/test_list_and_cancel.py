@@ -91,6 +91,7 @@ async def test_another_keys_request_is_a_404_on_every_route_that_names_it(secure
         secured.get(f"/status/{request_id}/events", params={"api_key": KEY_B}),
         secured.get(f"/output/{request_id}", headers=b),
         secured.post(f"/requests/{request_id}/cancel", headers=b),
+        secured.delete(f"/requests/{request_id}", headers=b),
         secured.post("/webhook-completed", json={"request_id": request_id}, headers=b),
     ]
     for answer in await asyncio.gather(*routes):
