@@ -29,7 +29,6 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
 
 import structlog
 from pebble import ProcessExpired, ProcessPool
@@ -83,6 +82,7 @@ class CodecThreads(_Budgeted):
         self.stuck = False
         self._on_stuck = on_stuck
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="codec", initializer=_name_thread)
+        self._free = asyncio.Semaphore(workers)
 
     async def warm_up(self) -> None:
         return None
@@ -91,19 +91,14 @@ class CodecThreads(_Budgeted):
         self, data: bytes, quality: int, max_pixels: int, options: ImageOptions
     ) -> CompressedImage:
         loop = asyncio.get_running_loop()
-        started = asyncio.Event()
-
-        def work() -> CompressedImage:
-            loop.call_soon_threadsafe(started.set)
-            return compress(data, quality, max_pixels, self.max_frames, options)
-
-        done = loop.run_in_executor(self._threads, work)
-        waiting = asyncio.ensure_future(started.wait())
-        either: set[asyncio.Future[Any]] = {waiting, done}  # done: failed at once, or cancelled at a stop
-        try:  # the budget counts from the start, not while the image waits for a thread
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiting.cancel()
+        # At most one image per thread at a time, so the budget counts from when a thread takes the image,
+        # not while it waits for one; a thread's slot comes free when its image is done, not before (one
+        # over its budget keeps it, so no image is timed while it waits behind that one).
+        await self._free.acquire()
+        done = loop.run_in_executor(
+            self._threads, compress, data, quality, max_pixels, self.max_frames, options
+        )
+        done.add_done_callback(lambda _: self._free.release())
         budget = self.budget(options)
         try:
             async with asyncio.timeout(budget):
