@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 from services.compressor.codec_pool import CodecPool, CodecThreads
@@ -11,7 +10,7 @@ from services.compressor.handler import HOST_SLOT_WAIT_S, ROUTES, Compressor
 from services.compressor.hosts import CircuitBreakers, HostLimiter
 from services.compressor.wanted import WantedRequests
 from shared.bus import bind
-from shared.runtime import Runtime, run_service
+from shared.runtime import Runtime, main
 
 
 async def start(rt: Runtime) -> None:
@@ -48,4 +47,4 @@ async def start(rt: Runtime) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(run_service("compressor", start))
+    main("compressor", start)
