@@ -51,11 +51,30 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time `pid` has used so far; 0 when it is gone."""
     try:
-        stat = (PROC / str(pid) / "stat").read_text()
+        return _stat_cpu((PROC / str(pid) / "stat").read_text())
     except OSError:
         return 0.0
+
+
+def _stat_cpu(stat: str) -> float:
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime: fields 14 and 15 of stat(5)
+
+
+def thread_cpu_seconds(pid: int, name: str) -> float:
+    """CPU time of `pid`'s threads named `name` (a compressor's codec threads); 0 if it has none."""
+    try:
+        tasks = list((PROC / str(pid) / "task").iterdir())
+    except OSError:
+        return 0.0
+    total = 0.0
+    for task in tasks:
+        try:
+            if (task / "comm").read_text().strip() == name:
+                total += _stat_cpu((task / "stat").read_text())
+        except OSError:
+            continue
+    return total
 
 
 def find_pids(command: str) -> list[int]:

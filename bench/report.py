@@ -13,6 +13,7 @@ from bench.stats import percentile as _p
 
 PLOT_NAME = "throughput.png"
 REPORT_NAME = "benchmarks.md"
+CODEC_ROWS = ("workers", "codec threads")  # bench/stack.py: the codec's CPU, in processes or threads
 
 
 def ms(seconds: float) -> str:
@@ -145,13 +146,16 @@ def _cpu(r: Results) -> list[str]:
         [name, f"{seconds:.1f}", f"{seconds / total:.0%}", f"{seconds / m.images * 1000:.1f}"]
         for name, seconds in sorted(cpu.items(), key=lambda item: -item[1])
     ]
-    codec = sum(s for name, s in cpu.items() if name.startswith("compressor") and name.endswith("workers"))
+    codec = sum(s for name, s in cpu.items() if name.startswith("compressor") and name.endswith(CODEC_ROWS))
     return [
         "## Where the CPU goes (main batch, from /proc)",
         "",
         f"The system used {total:.1f} CPU-seconds over {m.cpu_window:.1f} s on {m.cores} cores "
-        f"({total / (m.cores * m.cpu_window):.0%} of the machine); codec workers got {codec / total:.0%} of it. "
-        "`<compressor> workers` is the codec pool (plus its idle resource tracker). RabbitMQ is shared with "
+        f"({total / (m.cores * m.cpu_window):.0%} of the machine); the codec got {codec / total:.0%} of it "
+        f"({codec / m.images * 1000:.1f} CPU-ms per image), everything else {(total - codec) / m.images * 1000:.1f} "
+        "CPU-ms per image. `<compressor> codec threads` is the codec on the compressor's own threads "
+        "(`CODEC_ISOLATION=thread`), `<compressor> workers` the codec pool (`process`, plus its idle resource "
+        "tracker, and the copying of each image to and from it). RabbitMQ is shared with "
         "anything else using the broker; the image origin (the outside world) is left out.",
         "",
         *_table(["Process", "CPU s", "Share", "CPU ms / image"], rows),

@@ -19,7 +19,15 @@ from urllib.parse import urlsplit
 import structlog
 
 from bench.broker import Broker
-from bench.procstat import Memory, children, cpu_seconds, find_pids, listening_pid, memory
+from bench.procstat import (
+    Memory,
+    children,
+    cpu_seconds,
+    find_pids,
+    listening_pid,
+    memory,
+    thread_cpu_seconds,
+)
 from localrun.broker import ensure_rabbitmq
 from localrun.supervisor import Supervisor, child_env, free_port, secantus_argv, secantus_url, wait_for_port
 from shared.bus import Topology
@@ -30,6 +38,7 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 RABBITMQ_PROCESS = "beam.smp"
+CODEC_THREAD = "codec"  # what services/compressor/codec_pool.py names its codec threads
 
 
 @dataclass(frozen=True)
@@ -170,8 +179,9 @@ class BenchStack:
         return found
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds used so far by each managed process; a process's children (a compressor's codec
-        workers) are counted apart, as "<name> workers", so the codec's share is visible."""
+        """CPU seconds used so far by each managed process; the codec's are counted apart, so its share is
+        visible: a process's children (codec processes) as "<name> workers", its codec threads as
+        "<name> codec threads" (and not in "<name>")."""
         family = children()
         found = {}
         for name in self.supervisor.processes:
@@ -179,6 +189,9 @@ class BenchStack:
             found[name] = cpu_seconds(pid)
             if workers := family.get(pid):
                 found[f"{name} workers"] = sum(cpu_seconds(c) for c in workers)
+            if name.startswith("compressor") and (codec := thread_cpu_seconds(pid, CODEC_THREAD)):
+                found[f"{name} codec threads"] = codec
+                found[name] -= codec
         return found
 
     @property

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,6 +63,16 @@ Routes = Mapping[type[Event], Handler]
 HandlerMethods = Mapping[type[Event], Callable[[Any, Any], Awaitable[None]]]
 ParkedHook = Callable[[Event, str], Awaitable[None]]
 Headers = dict[str, Any]
+# Whether the message being handled may have been handled before, in part or whole (see `repeat_delivery`).
+_REPEAT: ContextVar[bool] = ContextVar("repeat_delivery", default=True)
+
+
+def repeat_delivery() -> bool:
+    """True while handling a message that may have been handled before: redelivered by the broker, or back
+    from a retry queue. A handler can look for the effects of an earlier attempt only then (a first delivery
+    has none to find, unless someone republished it: its effects must be idempotent anyway). Outside a bus
+    handler, True: the cautious answer."""
+    return _REPEAT.get()
 
 
 class BrokerUnavailable(Unavailable):
@@ -246,12 +257,18 @@ class EventBus:
             if given_up:  # a crash-looper, or a settlement to try again: never handled again
                 await self._give_up(service, message, given_up)
                 return
+            repeat = _REPEAT.set(
+                message.redelivered is True
+                or any(_header_int(message, h) for h in ("x-attempt", "x-outages", "x-delivery-count"))
+            )
             try:
                 await handler(event)
             except asyncio.CancelledError:
                 raise  # shutdown: not acked, so the broker redelivers it
             except Exception as exc:
                 await self._after_failure(service, message, exc)
+            finally:
+                _REPEAT.reset(repeat)
 
     async def _after_failure(self, service: str, message: AbstractIncomingMessage, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:500]

@@ -8,6 +8,7 @@ redelivery check) under the options that made it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,10 +18,10 @@ from typing import NotRequired, Protocol, TypedDict
 from bson import Binary, ObjectId
 from gridfs import AsyncGridFSBucket
 from gridfs.errors import NoFile
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from shared.image_options import ImageOptions
-from shared.mongo import Doc, Mongo, Session, StorageError, adapts_driver_errors
+from shared.mongo import DUPLICATE_KEY, Doc, Mongo, Session, StorageError, adapts_driver_errors
 
 GRIDFS_CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
 PURGE_BATCH = 100  # files deleted per transaction: bounded work, few round trips
@@ -121,19 +122,27 @@ class GridFsImageStore:
             "metadata": dict(meta),
         }
 
-        async def write(session: Session) -> None:
+        async def write(session: Session, *, replace: bool) -> None:
             # The files document first: a second writer stops there, before sending any chunk.
             await self.mongo.files.insert_one(files_doc, session=session)
-            await self.mongo.chunks.delete_many({"files_id": file_id}, session=session)
+            if replace:
+                await self.mongo.chunks.delete_many({"files_id": file_id}, session=session)
             await self.mongo.chunks.insert_many(chunks, session=session)
 
-        try:
-            await self.mongo.transaction(write)
-        except StorageError as exc:
-            stored = await self.info(file_id) if isinstance(exc.__cause__, DuplicateKeyError) else None
-            if stored is None:
-                raise
-            return stored
+        # Chunks without a files document are only ever left by a writer that died before this scheme:
+        # cleared only when the first attempt meets them, which saves a statement on every other upload.
+        for replace in (False, True):
+            try:
+                await self.mongo.transaction(functools.partial(write, replace=replace))
+            except StorageError as exc:
+                if isinstance(exc.__cause__, DuplicateKeyError):  # the files document: another writer won
+                    if (stored := await self.info(file_id)) is not None:
+                        return stored
+                    raise
+                if replace or not isinstance(exc.__cause__, BulkWriteError) or not _duplicates(exc.__cause__):
+                    raise
+            else:
+                break
         return StoredImage(file_id, len(data), meta)
 
     async def info(self, file_id: str) -> StoredImage | None:
@@ -169,3 +178,9 @@ class GridFsImageStore:
             await self.mongo.transaction(delete)
             purged += len(ids)
         return purged
+
+
+def _duplicates(error: BulkWriteError) -> bool:
+    """The bulk write failed only on keys already taken (chunks an earlier writer left)."""
+    errors = error.details.get("writeErrors", [])
+    return bool(errors) and all(e.get("code") == DUPLICATE_KEY for e in errors)

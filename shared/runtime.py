@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -169,3 +170,9 @@ async def run_service(service: str, start: Start) -> None:
         await runtime.stopping.wait()
     await runtime.shutdown()
     await health.cleanup()
+
+
+def main(service: str, start: Start) -> None:
+    """A worker's entry point: `run_service` on uvloop, whose event loop, sockets and callbacks are C
+    (less CPU per message and per database round trip than asyncio's own loop)."""
+    uvloop.run(run_service(service, start))

@@ -7,6 +7,7 @@ import re
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -51,6 +52,9 @@ class Settings(BaseSettings):
     quality: int = Field(default=50, ge=1, le=95)
     max_pixels: int = 50_000_000  # decompression-bomb guard, checked from the header
     codec_workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    # Where the codec runs: threads of the compressor (no copying; a runaway image gets the whole process
+    # replaced) or a process pool (kills only the runaway worker). See services/compressor/codec_pool.py.
+    codec_isolation: Literal["thread", "process"] = "thread"
     # The compressor (and its codec processes) yields the CPU to latency-sensitive work on the host.
     compressor_nice: int = Field(default=10, ge=0, le=19)
     max_in_flight: int = 8  # prefetch per compressor process: bounds its memory

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
-from services.compressor.codec_pool import CodecPool
+from services.compressor.codec_pool import CodecPool, CodecThreads
 from services.compressor.fetch import FetchPolicy, SafeFetcher
 from services.compressor.handler import HOST_SLOT_WAIT_S, ROUTES, Compressor
 from services.compressor.hosts import CircuitBreakers, HostLimiter
 from services.compressor.wanted import WantedRequests
 from shared.bus import bind
-from shared.runtime import Runtime, run_service
+from shared.runtime import Runtime, main
 
 
 async def start(rt: Runtime) -> None:
@@ -20,7 +19,11 @@ async def start(rt: Runtime) -> None:
     # codec processes) it leaves the latency-sensitive processes on the same host (the API, the broker,
     # the database) the CPU the moment they need it, and still gets every idle cycle.
     os.nice(s.compressor_nice)
-    codec = CodecPool(s.codec_workers, s.codec_time_budget, s.max_frames)
+    codec: CodecPool | CodecThreads
+    if s.codec_isolation == "process":
+        codec = CodecPool(s.codec_workers, s.codec_time_budget, s.max_frames)
+    else:  # a thread over its budget stops the service, which then ends (exit_if_stuck) to be replaced
+        codec = CodecThreads(s.codec_workers, s.codec_time_budget, s.max_frames, on_stuck=rt.stopping.set)
     await codec.warm_up()
     policy = FetchPolicy.from_settings(s)
     breakers = CircuitBreakers(s.host_failures_to_open, s.host_cooldown, trial_timeout=policy.total_timeout)
@@ -34,6 +37,8 @@ async def start(rt: Runtime) -> None:
     async def close() -> None:
         await fetcher.close()
         codec.close()
+        if isinstance(codec, CodecThreads):
+            codec.exit_if_stuck()
 
     rt.on_close.append(close)
     await rt.bus.subscribe(
@@ -42,4 +47,4 @@ async def start(rt: Runtime) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(run_service("compressor", start))
+    main("compressor", start)

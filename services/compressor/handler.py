@@ -13,7 +13,7 @@ from services.compressor.codec import CompressedImage, ImageRejected
 from services.compressor.fetch import FetchError
 from services.compressor.hosts import HostLimiter, HostSaturated, origin_of
 from services.compressor.wanted import WantedRequests
-from shared.bus import HandlerMethods, Publisher
+from shared.bus import HandlerMethods, Publisher, repeat_delivery
 from shared.events import Event, ImageCompressed, ImageFailed, ImageRequested, ImageSkipped
 from shared.files import ImageMeta, ImageStore, StoredImage
 from shared.image_options import ImageOptions
@@ -73,8 +73,10 @@ class Compressor:
             log.info("image_dropped", index=event.index, reason=unwanted)
             return
         # A redelivery of work already stored, or a repeated URL whose first occurrence is stored (they
-        # share the output): report it again rather than redo it.
-        stored = await self.images.info(event.file_id)
+        # share the output): report it again rather than redo it. A first delivery has nothing stored to
+        # find (a republished copy may: storing it then finds the stored file and reports that one).
+        look = repeat_delivery() or event.duplicate_of is not None
+        stored = await self.images.info(event.file_id) if look else None
         if stored is not None:
             await self._report(event, stored)
             return

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.notifier.handler import ROUTES, Notifier
 from services.notifier.mailer import mailer_from_settings
 from services.notifier.webhook import HttpWebhooks
 from shared.bus import bind
 from shared.netguard import guarded_session
-from shared.runtime import Runtime, run_service
+from shared.runtime import Runtime, main
 
 
 async def start(rt: Runtime) -> None:
@@ -27,4 +25,4 @@ async def start(rt: Runtime) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(run_service("notifier", start))
+    main("notifier", start)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.status.projection import ROUTES, StatusProjection
 from shared.bus import bind
-from shared.runtime import Runtime, run_service
+from shared.runtime import Runtime, main
 
 
 async def start(rt: Runtime) -> None:
@@ -16,4 +14,4 @@ async def start(rt: Runtime) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(run_service("status", start))
+    main("status", start)

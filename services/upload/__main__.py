@@ -16,6 +16,7 @@ def main() -> None:
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        loop="uvloop",  # as every service (shared/runtime.py)
         log_config=None,  # keep our structured logging
         access_log=False,  # middleware.AccessLog writes it, with the request_id
         timeout_graceful_shutdown=int(settings.shutdown_grace),

@@ -54,7 +54,19 @@ def process_group_alive(pgid: int) -> bool:
     return True
 
 
-async def test_a_compressor_killed_mid_batch_loses_and_duplicates_nothing(stack: Stack, mongo: Mongo) -> None:
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+async def test_a_compressor_killed_mid_batch_loses_and_duplicates_nothing(
+    start: StackFactory, isolation: str
+) -> None:
+    stack = await start(codec_isolation=isolation)
+    mongo = connect_mongo(stack.settings)
+    try:
+        await _compressor_killed_mid_batch(stack, mongo, codec_processes=isolation == "process")
+    finally:
+        await mongo.close()
+
+
+async def _compressor_killed_mid_batch(stack: Stack, mongo: Mongo, *, codec_processes: bool) -> None:
     batch = make_batch(stack.origin, delay=0.1)
     request_id = await run_batch(stack, batch)
 
@@ -63,7 +75,8 @@ async def test_a_compressor_killed_mid_batch_loses_and_duplicates_nothing(stack:
     assert victim is not None
     stack.supervisor.kill("compressor-1", signal.SIGKILL)
     assert victim.returncode == -signal.SIGKILL
-    assert process_group_alive(victim.pid), "its codec processes outlive it, until the supervisor notices"
+    if codec_processes:
+        assert process_group_alive(victim.pid), "its codec processes outlive it, until the supervisor notices"
     assert await outcomes_recorded(mongo, request_id) < batch.size, "the batch finished before the kill"
     assert log_lines(stack, "compressor-1", "image_compressed"), "the victim had taken no work"
 

@@ -85,8 +85,11 @@ class _Queries(monitoring.CommandListener):
 async def test_storing_a_file_never_scans_a_collection(settings, mongo: Mongo) -> None:  # type: ignore[no-untyped-def]
     """PyMongo's GridFS writer issues an unfiltered find_one per upload, which SecantusDB answers by a scan
     (so each upload gets slower as the store grows). Ours must only issue filtered, indexed commands."""
+    from bson import Binary, ObjectId
     from pymongo import AsyncMongoClient
 
+    # Chunks an interrupted writer left, so that the writer's clean-up (a delete) is watched as well.
+    await mongo.chunks.insert_one({"_id": ObjectId(), "files_id": f"{0:032x}", "n": 0, "data": Binary(b"")})
     listener = _Queries()
     client = AsyncMongoClient(settings.mongo_url, event_listeners=[listener])
     watched = GridFsImageStore(Mongo(client, client[settings.mongo_db]))
