@@ -19,6 +19,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from prometheus_client import Histogram
 
 from shared.bus import HandlerMethods, Publisher
 from shared.events import Event, ImageCompressed, ImageFailed, RequestCompleted
@@ -27,6 +28,11 @@ from shared.repository import OutcomeDoc, OutcomeStatus, RequestRepository, Unkn
 log = structlog.get_logger()
 
 SWEEP_S = 1.0  # how often unpublished completions are looked for
+COMPLETION_LAG = Histogram(
+    "imagepipe_status_completion_lag_seconds",
+    "From a request's upload to its completion",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
+)
 Outcome = ImageCompressed | ImageFailed
 
 
@@ -107,6 +113,8 @@ class StatusProjection:
             )
         )
         await self.repo.mark_completion_published(request_id)
+        if "completed_at" in request:  # observed once: a completion is published once (barring a crash)
+            COMPLETION_LAG.observe((request["completed_at"] - request["created_at"]).total_seconds())
         log.info("request_completed", request_id=request_id, failed=request["no_img_failed"])
 
     async def sweep_unpublished(self, older_than: timedelta = timedelta(seconds=10)) -> int:
