@@ -18,6 +18,7 @@ END = "<!-- end of section: scaling -->"
 IMPORT = 1_000_000
 TARGET_HOURS = (1.0, 4.0, 12.0)
 POD_CORES = 2  # deploy/k8s/base/compressor.yaml: a pod's CPU limit, and its codec workers
+MAX_PODS = 20  # deploy/k8s/base/compressor-autoscaling.yaml: maxReplicaCount
 HEADROOM = 0.8  # of a pod's measured rate planned with (stalled downloads, throttling), as docs/deploy.md
 GRIDFS_CHUNK = 255 * 1024
 # How the processes' CPU is grouped in the calculation: the first prefix a process name starts with.
@@ -42,6 +43,11 @@ def _part_costs(costs: dict[str, float]) -> dict[str, float]:
 def _compressor_ms(cpu: dict[str, float]) -> float:
     """CPU-ms of the compressors, codec workers included, in a process -> CPU seconds map."""
     return sum(seconds for name, seconds in cpu.items() if name.startswith("compressor")) * 1000
+
+
+def _cores(parts: dict[str, float], rate: float) -> str:
+    """The cores each part needs at `rate` images/s, from its CPU-ms per image."""
+    return ", ".join(f"{part} {rate * ms / 1000:.1f}" for part, ms in parts.items() if ms * rate >= 50)
 
 
 def _message_bytes() -> tuple[int, int]:
@@ -83,6 +89,8 @@ def render(r: ScalingResults) -> list[str]:
             f"{p.images:,}",
             f"{p.seconds:.1f} s",
             f"{p.images_per_s:.1f}",
+            f"{_compressor_ms(p.cpu) / p.images:.1f}",
+            f"{p.outside_share:.0%}",
         ]
         for p in r.points
     ]
@@ -150,8 +158,10 @@ def _capacity(r: ScalingResults) -> list[str]:
         "",
         *_table(["Part", "CPU-ms / image"], [[p, f"{ms:.2f}"] for p, ms in parts.items()]),
         *_table(header, rows),
-        f"- **Time on a fixed fleet**: with the production maximum of 20 pods, {IMPORT:,} images take "
-        f"{IMPORT / (20 * pod_rate) / 60:.0f} minutes, if the database and the broker keep up (below).",
+        f"- **Time on a fixed fleet**: with the production maximum of {MAX_PODS} pods ({MAX_PODS * pod_rate:,.0f} "
+        f"images/s), {IMPORT:,} images take {IMPORT / (MAX_PODS * pod_rate) / 60:.0f} minutes, if the rest "
+        f"keeps up: at that rate it needs {_cores(others, MAX_PODS * pod_rate)} cores. The database is the "
+        "first to run out: one primary takes every write, so past its cores more pods only queue work.",
         f"- **Broker**: two messages per image ({requested} B `ImageRequested`, {compressed} B "
         f"`ImageCompressed`, JSON), each published with a confirm, delivered and acknowledged: "
         f"{2 * IMPORT:,} messages in all, {2 * IMPORT / 3600:,.0f} per second for a 1-hour import. The queue "
