@@ -113,8 +113,9 @@ class StatusProjection:
             )
         )
         await self.repo.mark_completion_published(request_id)
-        if "completed_at" in request:  # observed once: a completion is published once (barring a crash)
-            COMPLETION_LAG.observe((request["completed_at"] - request["created_at"]).total_seconds())
+        # Observed once per completion (published once, barring a crash); a metric never fails a publish.
+        if (completed := request.get("completed_at")) is not None and (created := request.get("created_at")):
+            COMPLETION_LAG.observe((completed - created).total_seconds())
         log.info("request_completed", request_id=request_id, failed=request["no_img_failed"])
 
     async def sweep_unpublished(self, older_than: timedelta = timedelta(seconds=10)) -> int:

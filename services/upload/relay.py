@@ -149,7 +149,8 @@ class OutboxRelay:
             return len(events)  # the new holder goes on from what was recorded
         if end >= request["total_images"]:
             await self.repo.finish_outbox(request_id, published=True)
-            PUBLISH_LAG.observe((datetime.now(UTC) - request["created_at"]).total_seconds())
+            if (created := request.get("created_at")) is not None:  # a metric never fails a publish
+                PUBLISH_LAG.observe((datetime.now(UTC) - created).total_seconds())
             log.info("request_published", images=request["total_images"])
         return len(events)
 
