@@ -3,6 +3,7 @@ counted by its metric, listed by `imagepipe parked` with why, and purged."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import aio_pika
@@ -19,6 +20,15 @@ async def test_a_malformed_message_is_parked_listed_with_why_counted_and_purged(
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         channel = await connection.channel()
+
+        async def compressors_consuming() -> bool:  # the session's system may still be starting
+            with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
+                probe = await connection.channel()
+                queue = await probe.declare_queue(f"{settings.bus_prefix}.compressor", passive=True)
+                return bool(queue.declaration_result.consumer_count)
+            return False
+
+        await eventually(compressors_consuming, timeout=60, interval=0.5)
         exchange = await channel.get_exchange(f"{settings.bus_prefix}.events")
         await exchange.publish(aio_pika.Message(b"{not json", message_id="garbled-1"), "image.requested")
 
