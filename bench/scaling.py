@@ -31,8 +31,8 @@ import structlog
 from bench import machine
 from bench.config import Config, parse
 from bench.corpus import ensure_corpus
-from bench.pipeline import run_batch
-from bench.procstat import children, cpu_seconds, machine_busy_seconds
+from bench.pipeline import MACHINE, _cpu_snapshot, run_batch
+from bench.procstat import children
 from bench.stack import BenchStack
 from bench.workload import product_csv, upload
 
@@ -170,7 +170,7 @@ async def _point(
         pin(stack.pid(name), {core})
     images = config.scaling_images
     baseline = (await stack.broker.state("status")).messages
-    cpu_before, busy_before, started = _cpu(stack), machine_busy_seconds(), time.monotonic()
+    cpu_before, started = _cpu_snapshot(stack), time.monotonic()
     log.info("scaling_point", compressors=replicas, cores=mine, images=images)
     accepted = await upload(http, stack.api, product_csv(stack.origin_url, f"scale-{replicas}", images))
 
@@ -178,9 +178,10 @@ async def _point(
         return (await stack.broker.state("status")).messages >= baseline + accepted.images
 
     await stack.wait_for(all_out, 120 + images, f"{images} outcomes", interval=0.05)
-    seconds, cpu_after = time.monotonic() - started, _cpu(stack)
+    seconds, cpu_after = time.monotonic() - started, _cpu_snapshot(stack)
     cpu = {name: cpu_after.get(name, 0.0) - spent for name, spent in cpu_before.items()}
-    outside = max(0.0, machine_busy_seconds() - busy_before - sum(cpu.values())) / (len(cores) * seconds)
+    machine_busy = cpu.pop(MACHINE)
+    outside = max(0.0, machine_busy - sum(cpu.values())) / (len(cores) * seconds)
     point = Point(
         compressors=replicas,
         cores=mine,
@@ -191,13 +192,6 @@ async def _point(
     )
     log.info("scaling_point_done", compressors=replicas, images_per_s=round(point.images_per_s, 1))
     return point
-
-
-def _cpu(stack: BenchStack) -> dict[str, float]:
-    found = stack.cpu()
-    if stack.broker_pid is not None:
-        found["rabbitmq"] = cpu_seconds(stack.broker_pid)
-    return found
 
 
 def run(config: Config) -> ScalingResults:
