@@ -86,6 +86,10 @@ class Api:
         with self.call():
             return self.checked(self.http.get(path, params=params)).json()
 
+    def delete_json(self, path: str) -> dict[str, Any]:
+        with self.call():
+            return self.checked(self.http.delete(path)).json()
+
     def upload(self, csv_path: str, fields: dict[str, str]) -> dict[str, Any]:
         with self.call(), open(csv_path, "rb") as csv_file:
             files = {"file": (os.path.basename(csv_path), csv_file, "text/csv")}

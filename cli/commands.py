@@ -8,6 +8,7 @@ import argparse
 import json
 import mimetypes
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.prompt import Confirm
 from rich.table import Table
 
 from cli.api import Api, CliError, default_base_url
@@ -85,6 +87,9 @@ def upload(api: Api, args: argparse.Namespace) -> Exit:
     )
     if accepted.get("options"):
         err.print(f"  options  {_options(accepted['options'])}")
+    if secret := accepted.get("webhook_secret"):
+        # Shown by the server in this answer only: the webhook's receiver needs it to verify deliveries.
+        err.print(f"  webhook secret  {secret}  (shown once: keep it to verify the webhooks)")
     if not out.is_terminal:
         out.print(request_id)  # for scripts: ID=$(imagepipe upload ...)
     return wait(api, request_id) if args.wait else Exit.OK
@@ -228,3 +233,27 @@ def _save(response: httpx.Response, path: Path) -> None:
         for chunk in response.iter_bytes():
             f.write(chunk)
     partial.replace(path)
+
+
+# --- delete ---------------------------------------------------------------------------------------------
+def add_delete(subcommands: Subcommands) -> None:
+    p = command(subcommands, "delete", "delete a request, its output and its images (a running one stops)")
+    p.add_argument("request_id")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(run=delete)
+
+
+def delete(api: Api, args: argparse.Namespace) -> Exit:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            err.print("not deleted: confirm with --yes (there is no terminal to ask on)")
+            return Exit.DECLINED
+        question = (
+            f"Delete request {args.request_id}, its output CSV and all its images? This cannot be undone"
+        )
+        if not Confirm.ask(question, console=err, default=False):
+            err.print("not deleted")
+            return Exit.DECLINED
+    api.delete_json(f"/requests/{args.request_id}")
+    err.print(f"[green]✓[/] deleted {args.request_id} (its images are being removed)")
+    return Exit.OK

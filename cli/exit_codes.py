@@ -14,6 +14,7 @@ class Exit(IntEnum):
     REFUSED = 5  # the API refused the call (4xx): an invalid CSV or field, an unknown id, a missing API key
     UNAVAILABLE = 6  # the API could not be reached, timed out, or answered 5xx: try again later
     PENDING = 7  # the request is not finished yet (`status`; `download` before it completes)
+    DECLINED = 8  # a confirmation was declined (or could not be asked: no terminal, no --yes): nothing done
     INTERRUPTED = (
         130  # Ctrl-C while waiting: the request goes on; follow it with `imagepipe status ID --wait`
     )
@@ -38,6 +39,7 @@ HELP = "\n".join(
         (Exit.REFUSED, "refused by the API (4xx): bad CSV or field, unknown id, API key"),
         (Exit.UNAVAILABLE, "the API is unreachable or failing (connection, timeout, 5xx)"),
         (Exit.PENDING, "not finished yet"),
+        (Exit.DECLINED, "not confirmed: nothing was done (answer y, or pass --yes)"),
         (Exit.USAGE, "bad command line"),
         (Exit.INTERRUPTED, "interrupted while waiting (the request goes on)"),
     ]

@@ -3,6 +3,7 @@
     imagepipe upload FILE --email ADDR [--webhook URL] [--wait] [--url BASE]
     imagepipe status ID [--wait] [--json] [--url BASE]
     imagepipe download ID -o DIR [--url BASE]
+    imagepipe delete ID [--yes] [--url BASE]
     imagepipe parked list|show|replay|purge [ID] [--all] [--service S]   (through the broker: parked.py)
 
 The API's address is --url, else IMAGEPIPE_URL, else the local API; the key, if the server wants one, is
@@ -20,13 +21,20 @@ from cli.api import Api, CliError, default_base_url
 from cli.exit_codes import HELP, Exit
 
 # Every subcommand, in the order `--help` lists them: add a new one here.
-COMMANDS = (commands.add_upload, commands.add_status, commands.add_download, parked.add_parked)
+COMMANDS = (
+    commands.add_upload,
+    commands.add_status,
+    commands.add_download,
+    commands.add_delete,
+    parked.add_parked,
+)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imagepipe",
-        description="Compress product images: upload a CSV, follow its progress, download the results.",
+        description="Compress product images: upload a CSV, follow its progress, download the results, "
+        "delete them.",
         epilog=(
             "environment: IMAGEPIPE_URL (the API), IMAGEPIPE_API_KEY; `parked`: IMAGEPIPE_AMQP_URL, "
             f"IMAGEPIPE_BUS_PREFIX\n\nexit codes:\n{HELP}"

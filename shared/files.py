@@ -23,6 +23,7 @@ from shared.image_options import ImageOptions
 from shared.mongo import Doc, Mongo, Session, StorageError, adapts_driver_errors
 
 GRIDFS_CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
+PURGE_BATCH = 100  # files deleted per transaction: bounded work, few round trips
 
 
 def output_file_id(request_id: str, index: int, options: ImageOptions | None = None) -> str:
@@ -74,6 +75,12 @@ class ImageStore(Protocol):
     async def info(self, file_id: str) -> StoredImage | None: ...
 
     async def open(self, file_id: str) -> ImageDownload | None: ...
+
+    async def purge(self, request_id: str) -> int:
+        """Delete every image of the request, a batch of files at a time (each batch whole: its files
+        documents and chunks in one transaction, so a half-deleted image is never served); returns how
+        many files were deleted. Idempotent."""
+        ...
 
 
 @adapts_driver_errors
@@ -145,3 +152,20 @@ class GridFsImageStore:
 
         content_type = (grid_out.metadata or {}).get("contentType", "application/octet-stream")
         return ImageDownload(content_type, grid_out.length, chunks())
+
+    async def purge(self, request_id: str) -> int:
+        purged = 0
+        while ids := [
+            doc["_id"]
+            async for doc in self.mongo.files.find(
+                {"metadata.request_id": request_id}, projection={"_id": 1}
+            ).limit(PURGE_BATCH)
+        ]:
+
+            async def delete(session: Session, ids: list[str] = ids) -> None:
+                await self.mongo.chunks.delete_many({"files_id": {"$in": ids}}, session=session)
+                await self.mongo.files.delete_many({"_id": {"$in": ids}}, session=session)
+
+            await self.mongo.transaction(delete)
+            purged += len(ids)
+        return purged

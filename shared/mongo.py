@@ -148,6 +148,14 @@ class Mongo:
         return self.db["images"]
 
     @property
+    def idempotency_keys(self) -> AsyncCollection[Doc]:
+        return self.db["idempotency_keys"]
+
+    @property
+    def purges(self) -> AsyncCollection[Doc]:
+        return self.db["purges"]
+
+    @property
     def files(self) -> AsyncCollection[Doc]:
         return self.db["fs.files"]
 
@@ -160,6 +168,8 @@ class Mongo:
             # GridFS's own indexes, created once here instead of probed on every upload (see files.py).
             await self.files.create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
             await self.chunks.create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
+            # A request's images, found to delete them with it.
+            await self.files.create_index("metadata.request_id")
             # A request's rows and outcomes are read in order: an equality prefix and a range.
             await self.rows.create_index([("request_id", ASCENDING), ("chunk", ASCENDING)])
             await self.images.create_index([("request_id", ASCENDING), ("index", ASCENDING)])
@@ -168,6 +178,12 @@ class Mongo:
             await self.requests.create_index("completion_pending", sparse=True)
             # Uploads not yet accepted (RECEIVING), looked for by the gateway's janitor.
             await self.requests.create_index("status")
+            # Idempotency keys expire by TTL (SecantusDB honours TTL indexes too, within about a minute);
+            # until the server removes one, the repository treats it as gone (claim_idempotency_key).
+            await self.idempotency_keys.create_index("expires_at", expireAfterSeconds=0)
+            # Retention: final requests by age (only they have completed_at); purges under way by age.
+            await self.requests.create_index("completed_at", sparse=True)
+            await self.purges.create_index("at")
 
     async def ping(self) -> bool:
         """For readiness probes: answers within a second, whatever the database does."""

@@ -6,6 +6,7 @@ and their position under a compound index, so a request's documents are read in 
     requests   one document per upload (`RequestDoc`): settings, counters, status, delivery bookkeeping
     rows       the uploaded CSV, ROWS_PER_CHUNK rows per document (`RowChunkDoc`), written once
     images     one outcome per image (`OutcomeDoc`), written once, by the status service
+    purges     one document per deleted request (`purge`), until its deletion is finished for certain
 
 Who writes which field is in docs/architecture.md. Services use `RequestRepository` (the port); the
 database's rules behind these queries are in mongo.py; tests use an in-memory fake (tests/fakes.py).
@@ -18,11 +19,13 @@ import secrets
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NotRequired, Protocol, TypedDict, cast
 
 import pymongo
+import pymongo.errors
 from prometheus_client import Counter
 from pymongo import UpdateOne
 
@@ -143,6 +146,9 @@ class Upload(TypedDict):
     total_images: int
     row_chunks: int
     options: NotRequired[dict[str, Any]]  # ImageOptions.stored(): only what was given; absent = defaults
+    # With a webhook_url: the secret its webhooks are signed with, told to the uploader once (in the 202
+    # answer) and never shown again. Requests from before per-request secrets have none.
+    webhook_secret: NotRequired[str]
 
 
 class RequestDoc(Upload):
@@ -186,8 +192,21 @@ class OutboxEntry(TypedDict):
     lease_until: NotRequired[datetime]
 
 
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """Who holds an Idempotency-Key: the upload it was claimed for, and what that upload's body was."""
+
+    request_id: str
+    fingerprint: str  # a hash of the upload's body (its CSV and every field)
+    claimed_at: datetime
+
+
 class UnknownRequest(LookupError):
     """The request does not exist (never did, or was removed)."""
+
+
+class RequestPurged(UnknownRequest):
+    """The request was deleted (its purge is recorded): work still arriving for it is dropped, not retried."""
 
 
 Row = tuple[RowDoc, list[OutcomeDoc | None]]  # a row, with the outcome of each of its images (or None)
@@ -244,6 +263,24 @@ class RequestRepository(Protocol):
 
     async def discard(self, request_id: str) -> None:
         """Remove what a rejected or failed upload stored before it was accepted (never raises)."""
+
+    # --- idempotency keys: one upload per key and caller, for `ttl` ------------------------------------
+    async def claim_idempotency_key(
+        self, owner: str | None, key: str, fingerprint: str, request_id: str, ttl: timedelta
+    ) -> IdempotencyKey:
+        """Claim `key` (of `owner`; None: keys are off) for the upload `request_id`, atomically: of any
+        number of concurrent claimants, one gets it. The key's holder: ours (its `request_id` is ours),
+        or the earlier upload still holding it. An expired key is claimed afresh."""
+        ...
+
+    async def reclaim_idempotency_key(
+        self, owner: str | None, key: str, held_by: str, fingerprint: str, request_id: str, ttl: timedelta
+    ) -> bool:
+        """Take `key` over from the upload `held_by` (which came to nothing); False if it no longer holds it."""
+        ...
+
+    async def release_idempotency_key(self, owner: str | None, key: str, request_id: str) -> None:
+        """The upload `request_id` was not accepted: its key may be used again (never raises)."""
 
     # --- reads ----------------------------------------------------------------------------------------
     async def get(self, request_id: str, *, notifications: bool = True) -> RequestDoc | None: ...
@@ -312,6 +349,29 @@ class RequestRepository(Protocol):
     async def release_renotify(self, request_id: str) -> None:
         """The claimed re-send could not be queued: let the next one be claimed at once."""
 
+    # --- deletion and retention ------------------------------------------------------------------------
+    async def purge(self, request_id: str) -> bool:
+        """Delete an accepted request: first make it unreachable (record the purge, then remove the request
+        document), then remove its rows and outcomes. Idempotent and resumable: the purge record stays
+        until `forget_purge`, so a sweep finishes what a crash interrupted and removes what late work
+        stored. False if there is no such request and no purge of it is recorded."""
+        ...
+
+    async def was_purged(self, request_id: str) -> bool:
+        """Whether the request's purge is recorded (it was deleted recently, or is being deleted)."""
+        ...
+
+    def purges(self, older_than: timedelta, limit: int) -> AsyncIterator[str]:
+        """Requests whose purge was recorded more than `older_than` ago (at most `limit`)."""
+        ...
+
+    async def forget_purge(self, request_id: str) -> None:
+        """The purge is finished for certain: drop its record."""
+
+    def expired(self, completed_before: datetime, limit: int) -> AsyncIterator[str]:
+        """Requests in a final status completed before `completed_before` (at most `limit`)."""
+        ...
+
 
 def _row_bytes(row: RowDoc) -> int:
     """About what `row` takes in a stored document (BSON adds a few bytes per string and key)."""
@@ -342,6 +402,18 @@ def _restored(row: RowDoc, urls_column: int | None) -> RowDoc:
     if urls_column is not None and urls_column < len(row["cells"]):
         row["cells"][urls_column] = URL_SEPARATOR.join(row["urls"])
     return row
+
+
+def _idempotency_id(owner: str | None, key: str) -> str:
+    return f"{owner or ''}:{key}"  # owners are hex: the first colon ends the owner
+
+
+def _key_claim(request_id: str, fingerprint: str, now: datetime, ttl: timedelta) -> Doc:
+    return {"request_id": request_id, "fingerprint": fingerprint, "claimed_at": now, "expires_at": now + ttl}
+
+
+def _held(doc: Doc) -> IdempotencyKey:
+    return IdempotencyKey(doc["request_id"], doc["fingerprint"], doc["claimed_at"])
 
 
 @adapts_driver_errors
@@ -428,6 +500,49 @@ class MongoRequestRepository:
                 await self.mongo.requests.delete_one({"_id": request_id, "status": RequestStatus.RECEIVING})
                 await self.mongo.rows.delete_many({"request_id": request_id})
         except Exception:  # best effort: the caller is already reporting a failure
+            return
+
+    # --- idempotency keys -----------------------------------------------------------------------------
+    async def claim_idempotency_key(
+        self, owner: str | None, key: str, fingerprint: str, request_id: str, ttl: timedelta
+    ) -> IdempotencyKey:
+        # The key is the document's _id: the unique index makes the insert the atomic claim.
+        doc_id = _idempotency_id(owner, key)
+        while True:
+            now = datetime.now(UTC)
+            claim: Doc = {"_id": doc_id, **_key_claim(request_id, fingerprint, now, ttl)}
+            try:
+                await self.mongo.idempotency_keys.insert_one(claim)
+                return _held(claim)
+            except pymongo.errors.DuplicateKeyError:
+                pass
+            held = await self.mongo.idempotency_keys.find_one({"_id": doc_id})
+            if held is None:
+                continue  # released meanwhile
+            if held["expires_at"] > now:
+                return _held(held)
+            # Expired, not yet removed by the TTL monitor (it runs about once a minute): claim it afresh.
+            if await self.reclaim_idempotency_key(
+                owner, key, held["request_id"], fingerprint, request_id, ttl
+            ):
+                return IdempotencyKey(request_id, fingerprint, now)
+
+    async def reclaim_idempotency_key(
+        self, owner: str | None, key: str, held_by: str, fingerprint: str, request_id: str, ttl: timedelta
+    ) -> bool:
+        taken = await self.mongo.idempotency_keys.update_one(
+            {"_id": _idempotency_id(owner, key), "request_id": held_by},
+            {"$set": _key_claim(request_id, fingerprint, datetime.now(UTC), ttl)},
+        )
+        return taken.modified_count == 1
+
+    async def release_idempotency_key(self, owner: str | None, key: str, request_id: str) -> None:
+        try:
+            with pymongo.timeout(2.0):
+                await self.mongo.idempotency_keys.delete_one(
+                    {"_id": _idempotency_id(owner, key), "request_id": request_id}
+                )
+        except Exception:  # best effort: a key left behind is taken over once its upload is known dead
             return
 
     # --- reads ----------------------------------------------------------------------------------------
@@ -582,6 +697,10 @@ class MongoRequestRepository:
 
         try:
             completed = await self.mongo.transaction(record)
+        except UnknownRequest:
+            if await self.was_purged(request_id):
+                raise RequestPurged(f"request {request_id} was deleted") from None
+            raise
         finally:
             TRANSACTION_RETRIES.inc(max(runs - 1, 0))
         for outcome in recorded:
@@ -704,3 +823,41 @@ class MongoRequestRepository:
 
     async def release_renotify(self, request_id: str) -> None:
         await self.mongo.requests.update_one({"_id": request_id}, {"$unset": {"renotify_after": ""}})
+
+    # --- deletion and retention -----------------------------------------------------------------------
+    async def purge(self, request_id: str) -> bool:
+        # The order makes every step safe to interrupt: the purge record first (so the sweep resumes from
+        # it), then the request document (from then on every read answers "unknown", no outcome can be
+        # counted, nothing is published), then what only the request document made reachable.
+        found = await self.mongo.requests.find_one({"_id": request_id}, projection={"status": 1})
+        if found is None and not await self.was_purged(request_id):
+            return False
+        if found is not None and found["status"] == RequestStatus.RECEIVING:
+            return False  # not accepted: the upload's own clean-up (settle_upload) owns it
+        await self.mongo.purges.update_one(
+            {"_id": request_id}, {"$setOnInsert": {"at": datetime.now(UTC)}}, upsert=True
+        )
+        await self.mongo.requests.delete_one({"_id": request_id, "status": {"$ne": RequestStatus.RECEIVING}})
+        await self.mongo.rows.delete_many({"request_id": request_id})
+        await self.mongo.images.delete_many({"request_id": request_id})
+        return True
+
+    async def was_purged(self, request_id: str) -> bool:
+        return await self.mongo.purges.find_one({"_id": request_id}, projection={"_id": 1}) is not None
+
+    async def purges(self, older_than: timedelta, limit: int) -> AsyncIterator[str]:
+        cutoff = datetime.now(UTC) - older_than
+        async for doc in self.mongo.purges.find({"at": {"$lt": cutoff}}, projection={"_id": 1}).limit(limit):
+            yield doc["_id"]
+
+    async def forget_purge(self, request_id: str) -> None:
+        await self.mongo.purges.delete_one({"_id": request_id})
+
+    async def expired(self, completed_before: datetime, limit: int) -> AsyncIterator[str]:
+        # A range on the one indexed field; the status is checked here (see mongo.py). Only final
+        # requests have a completion time, so this reads almost nothing else.
+        async for doc in self.mongo.requests.find(
+            {"completed_at": {"$lt": completed_before}}, projection={"status": 1}
+        ).limit(limit):
+            if doc["status"] in FINAL_STATUSES:
+                yield doc["_id"]

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.webhooks import secret_key
+
+_PLACEHOLDER = re.compile(r"change[-_ ]?me|replace[-_ ]?me", re.IGNORECASE)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IMAGEPIPE_", extra="ignore")
+    # hide_input_in_errors: a refused setting is often a secret, and the error goes to the log.
+    model_config = SettingsConfigDict(env_prefix="IMAGEPIPE_", extra="ignore", hide_input_in_errors=True)
 
     # --- wiring ---------------------------------------------------------------------------------------
     # The vhost is part of the URL; `bus_prefix` names the exchange and every queue, and `mongo_db` the
@@ -76,7 +84,11 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
     mail_from: str = "imagepipe@localhost"
+    # Legacy: each upload with a webhook_url gets its own signing secret. This one signs only the webhooks of
+    # requests uploaded before that (they have none of their own); unset, those go unsigned.
     webhook_secret: SecretStr | None = None  # Standard Webhooks secret, "whsec_<base64>"
+    # The output CSV is attached to the email up to this size; a larger one is linked (GET /output/{id}).
+    mail_attach_max_bytes: int = Field(default=5 * 1024 * 1024, ge=0)
     notify_attempts: int = 5
     notify_backoff: float = 1.0
     notify_timeout: float = 10.0
@@ -84,12 +96,40 @@ class Settings(BaseSettings):
         60.0  # POST /webhook-completed: at most one re-send per request per interval
     )
 
+    # --- retention ------------------------------------------------------------------------------------
+    # Finished requests, with their images, are deleted this long after they finished; 0 keeps them forever.
+    retention_days: float = Field(default=30.0, ge=0)
+
     # --- operations -----------------------------------------------------------------------------------
     health_port: int = 0  # workers' /healthz, /readyz and /metrics; 0 picks a free port
     log_level: str = "INFO"
     log_json: bool = True
     shutdown_grace: float = 20.0
     compressors: int = 2  # how many compressor processes `make run` starts
+
+    @field_validator("api_keys", "webhook_secret", "smtp_password", "amqp_url", "mongo_url")
+    @classmethod
+    def _no_placeholder(cls, value: object) -> object:
+        """A secret copied from an example unchanged (`change-me`) would be accepted as it is: refuse it."""
+        for secret in value if isinstance(value, list) else [value]:
+            text = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+            if isinstance(text, str) and "://" in text:
+                text = urlsplit(text).password or ""  # a URL: only its password is a secret
+            if isinstance(text, str) and _PLACEHOLDER.search(text):
+                raise ValueError("holds a placeholder from an example (change-me): set a real secret")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _valid_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # set but empty (compose passes an unset optional variable so): none
+        secret_key(value.get_secret_value())  # a ValueError naming what is wrong, at startup
+        return value
+
+    @property
+    def retention(self) -> timedelta | None:
+        return timedelta(days=self.retention_days) if self.retention_days else None
 
     @property
     def base_url(self) -> str:

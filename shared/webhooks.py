@@ -4,12 +4,16 @@ Every delivery carries `webhook-id` (the same on every retry of one notification
 deduplicate), `webhook-timestamp` (unix seconds of this attempt) and
 `webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`.
 
+Each upload with a webhook URL gets its own secret (`new_secret`), handed to the uploader once and used to
+sign that request's webhooks alone: a receiver can verify its own deliveries, and forge no one else's.
+
 The key: a secret of the form `whsec_<base64>` (the standard's form) is the base64-decoded part after the
 prefix. A secret *without* the prefix is used as its raw UTF-8 bytes, so an operator can configure any
 passphrase; note that this differs from the reference libraries, which base64-decode unprefixed secrets too.
-With no secret configured, webhooks are sent unsigned (no `webhook-signature` header): local mode only.
+A request from before per-request secrets is signed with the legacy `IMAGEPIPE_WEBHOOK_SECRET`, or (unset)
+sent unsigned, without a `webhook-signature` header.
 
-The notifier signs what it sends; the gateway verifies a signature presented to it.
+The notifier signs what it sends.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -26,7 +31,13 @@ import orjson
 
 SECRET_PREFIX = "whsec_"
 DEFAULT_TOLERANCE_S = 300
+SECRET_BYTES = 32  # the standard asks for 24 to 64 random bytes
 _MAX_TIMESTAMP_DIGITS = 15  # far beyond any real time; int() of thousands of digits raises
+
+
+def new_secret() -> str:
+    """A fresh signing secret in the standard's form, `whsec_<base64 of SECRET_BYTES random bytes>`."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii")
 
 
 def secret_key(secret: str) -> bytes:

@@ -20,12 +20,15 @@ from shared.events import Event
 from shared.files import ImageDownload, ImageMeta, StoredImage
 from shared.image_options import ImageOptions
 from shared.repository import (
+    FINAL_STATUSES,
     AttemptDoc,
     Claim,
+    IdempotencyKey,
     OutboxEntry,
     OutcomeDoc,
     OutcomeStatus,
     RequestDoc,
+    RequestPurged,
     RequestStatus,
     Row,
     RowChunkDoc,
@@ -68,6 +71,8 @@ class FakeRequestRepository:
         self.chunks: dict[tuple[str, int], RowChunkDoc] = {}
         self.outcomes: dict[tuple[str, int], OutcomeDoc] = {}
         self.leases: dict[str, tuple[str, datetime]] = {}
+        self.idempotency_keys: dict[tuple[str | None, str], tuple[IdempotencyKey, datetime]] = {}
+        self.purged: dict[str, datetime] = {}  # request id -> when its purge was recorded
 
     # --- upload ---------------------------------------------------------------------------------------
     async def add_rows(
@@ -125,6 +130,32 @@ class FakeRequestRepository:
             del self.requests[request_id]
         for key in [k for k in self.chunks if k[0] == request_id]:
             del self.chunks[key]
+
+    # --- idempotency keys -----------------------------------------------------------------------------
+    async def claim_idempotency_key(
+        self, owner: str | None, key: str, fingerprint: str, request_id: str, ttl: timedelta
+    ) -> IdempotencyKey:
+        now = datetime.now(UTC)
+        held = self.idempotency_keys.get((owner, key))
+        if held is not None and held[1] > now:
+            return held[0]
+        self.idempotency_keys[(owner, key)] = (IdempotencyKey(request_id, fingerprint, now), now + ttl)
+        return self.idempotency_keys[(owner, key)][0]
+
+    async def reclaim_idempotency_key(
+        self, owner: str | None, key: str, held_by: str, fingerprint: str, request_id: str, ttl: timedelta
+    ) -> bool:
+        held = self.idempotency_keys.get((owner, key))
+        if held is None or held[0].request_id != held_by:
+            return False
+        now = datetime.now(UTC)
+        self.idempotency_keys[(owner, key)] = (IdempotencyKey(request_id, fingerprint, now), now + ttl)
+        return True
+
+    async def release_idempotency_key(self, owner: str | None, key: str, request_id: str) -> None:
+        held = self.idempotency_keys.get((owner, key))
+        if held is not None and held[0].request_id == request_id:
+            del self.idempotency_keys[(owner, key)]
 
     # --- reads ----------------------------------------------------------------------------------------
     async def get(self, request_id: str, *, notifications: bool = True) -> RequestDoc | None:
@@ -200,7 +231,7 @@ class FakeRequestRepository:
     async def record_outcomes(self, request_id: str, outcomes: Sequence[OutcomeDoc]) -> bool:
         request = self.requests.get(request_id)
         if request is None:
-            raise UnknownRequest(request_id)
+            raise (RequestPurged if request_id in self.purged else UnknownRequest)(request_id)
         new = {(request_id, o["index"]): o for o in outcomes if (request_id, o["index"]) not in self.outcomes}
         self.outcomes.update(new)
         for outcome in new.values():
@@ -274,6 +305,42 @@ class FakeRequestRepository:
     async def release_renotify(self, request_id: str) -> None:
         self.requests[request_id].pop("renotify_after", None)
 
+    # --- deletion and retention -----------------------------------------------------------------------
+    async def purge(self, request_id: str) -> bool:
+        request = self.requests.get(request_id)
+        if request is None and request_id not in self.purged:
+            return False
+        if request is not None and request["status"] == RequestStatus.RECEIVING:
+            return False
+        self.purged.setdefault(request_id, datetime.now(UTC))
+        self.requests.pop(request_id, None)
+        self.leases.pop(request_id, None)
+        for store in (self.chunks, self.outcomes):
+            for key in [key for key in store if key[0] == request_id]:
+                del store[key]  # type: ignore[attr-defined]
+        return True
+
+    async def was_purged(self, request_id: str) -> bool:
+        return request_id in self.purged
+
+    async def purges(self, older_than: timedelta, limit: int) -> AsyncIterator[str]:
+        cutoff = datetime.now(UTC) - older_than
+        for request_id in [r for r, at in self.purged.items() if at < cutoff][:limit]:
+            yield request_id
+
+    async def forget_purge(self, request_id: str) -> None:
+        self.purged.pop(request_id, None)
+
+    async def expired(self, completed_before: datetime, limit: int) -> AsyncIterator[str]:
+        found = [
+            request_id
+            for request_id, doc in self.requests.items()
+            if doc["status"] in FINAL_STATUSES
+            and doc.get("completed_at", completed_before) < completed_before
+        ]
+        for request_id in found[:limit]:
+            yield request_id
+
 
 @dataclass
 class FakeImageStore:
@@ -300,6 +367,12 @@ class FakeImageStore:
             yield data
 
         return ImageDownload(meta["contentType"], len(data), chunks())
+
+    async def purge(self, request_id: str) -> int:
+        gone = [file_id for file_id, (_, meta) in self.files.items() if meta["request_id"] == request_id]
+        for file_id in gone:
+            del self.files[file_id]
+        return len(gone)
 
 
 @dataclass
@@ -349,7 +422,11 @@ class RecordingMailer:
 class RecordingWebhooks:
     posted: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
     outcome: AttemptOutcome = field(default_factory=lambda: AttemptOutcome(ok=True, status=204))
+    secrets: list[str | None] = field(default_factory=list)  # what each post was to be signed with
 
-    async def post(self, url: str, payload: dict[str, Any], *, message_id: str) -> AttemptOutcome:
+    async def post(
+        self, url: str, payload: dict[str, Any], *, message_id: str, secret: str | None
+    ) -> AttemptOutcome:
         self.posted.append((url, payload, message_id))
+        self.secrets.append(secret)
         return self.outcome

@@ -1,8 +1,8 @@
 """Is an image's request still wanted? Asked before fetching, cheaply: one read per request every few seconds.
 
-Work for a request that is not (any more) waiting for its images, such as one whose database was wiped
-while the broker kept its queue, or later a cancelled or deleted one, is dropped with the reason in the
-log. It costs one cached lookup per message, so it never holds a compressor slot that live work could use.
+Work for a request that is not (any more) waiting for its images, such as a deleted one (DELETE
+/requests/{id}), or one whose database was wiped while the broker kept its queue, is dropped with the
+reason in the log. It costs one cached lookup per message, so it never holds a compressor slot that live work could use.
 """
 
 from __future__ import annotations

@@ -22,8 +22,7 @@ async def start(rt: Runtime) -> None:
         total_timeout=s.notify_timeout,
     )
     rt.on_close.append(http.close)
-    secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
-    notifier = Notifier(rt.repo, mailer_from_settings(s), HttpWebhooks(http, secret, s.notify_timeout), s)
+    notifier = Notifier(rt.repo, mailer_from_settings(s), HttpWebhooks(http, s.notify_timeout), s)
     await rt.bus.subscribe("notifier", bind(ROUTES, notifier), prefetch=16, on_parked=notifier.on_parked)
 
 

@@ -21,7 +21,7 @@ import structlog
 from prometheus_client import Counter
 
 from services.notifier.delivery import AttemptRecord, deliver_with_retry
-from services.notifier.mailer import Mailer, attempt_email, build_completion_email
+from services.notifier.mailer import Attachment, Mailer, attempt_email, build_completion_email
 from services.notifier.webhook import Webhooks
 from shared.bus import HandlerMethods
 from shared.errors import ClaimHeld
@@ -64,6 +64,7 @@ class Notifier:
         self.links = Links(settings.base_url)
         self.owner = uuid.uuid4().hex  # this notifier's name on the claims it holds
         self.lease = claim_lease(settings)
+        self._legacy_secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
         # Channels this process sent whose result it could not record yet (the database failed just then):
         # their redelivery records the result instead of sending again.
         self._unrecorded: dict[tuple[str, str, str], bool] = {}
@@ -71,6 +72,9 @@ class Notifier:
     async def notify(self, event: Notice) -> None:
         request = await self.repo.get(event.request_id, notifications=False)
         if request is None:
+            if await self.repo.was_purged(event.request_id):  # deleted: nobody is to be told any more
+                log.info("notification_of_deleted_request_dropped", request_id=event.request_id)
+                return
             raise UnknownRequest(f"no request {event.request_id}")
         key = event.event_id
         summary = self._summary(request)
@@ -110,13 +114,12 @@ class Notifier:
         return channels
 
     async def _email(self, request: RequestDoc, key: str, summary: dict[str, Any]) -> None:
-        csv_bytes = b"".join([part async for part in output_csv(self.repo, request, self.links)])
         message = build_completion_email(
             to=request["email"],
             sender=self.settings.mail_from,
             request_id=request["_id"],
             summary=summary,
-            csv_bytes=csv_bytes,
+            attachment=await self._attachment(request),
             message_id=key,
         )
         sent = await deliver_with_retry(
@@ -127,12 +130,25 @@ class Notifier:
         )
         await self._mark(request["_id"], key, "email", sent)
 
+    async def _attachment(self, request: RequestDoc) -> Attachment:
+        """The output CSV, or why it is linked instead: read no further than the limit allows."""
+        limit = self.settings.mail_attach_max_bytes
+        parts, size = [], 0
+        async for part in output_csv(self.repo, request, self.links):
+            size += len(part)
+            if size > limit:
+                return Attachment(csv_bytes=None, link=self.links.output(request["_id"]), limit=limit)
+            parts.append(part)
+        return Attachment(csv_bytes=b"".join(parts), link=self.links.output(request["_id"]), limit=limit)
+
     async def _webhook(self, request: RequestDoc, key: str, summary: dict[str, Any]) -> None:
         url = request["webhook_url"]
         assert url is not None
         payload = {"type": "request.completed", "timestamp": datetime.now(UTC).isoformat(), "data": summary}
+        # The request's own secret; a request from before those has none: the legacy global one, if set.
+        secret = request.get("webhook_secret") or self._legacy_secret
         delivered = await deliver_with_retry(
-            lambda: self.webhooks.post(url, payload, message_id=key),
+            lambda: self.webhooks.post(url, payload, message_id=key, secret=secret),
             attempts=self.settings.notify_attempts,
             backoff=self.settings.notify_backoff,
             record=self._recorder(request["_id"], key, "webhook"),

@@ -7,6 +7,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
@@ -46,6 +47,15 @@ class Mailer(Protocol):
 # --- building -------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """The output CSV to attach, or (`csv_bytes` None: larger than `limit` bytes) the link to it instead."""
+
+    csv_bytes: bytes | None
+    link: str
+    limit: int
+
+
 def completion_message_id(message_id: str, sender: str) -> str:
     """A Message-ID derived only from the notification's id, so a re-send of it is recognisably the same."""
     domain = parseaddr(sender)[1].rpartition("@")[2]
@@ -60,10 +70,11 @@ def build_completion_email(
     sender: str,
     request_id: str,
     summary: Mapping[str, Any],
-    csv_bytes: bytes,
+    attachment: Attachment,
     message_id: str,
 ) -> EmailMessage:
-    """The "your request is done" email with the output CSV attached as `imagepipe-<request_id>.csv`.
+    """The "your request is done" email with the output CSV attached as `imagepipe-<request_id>.csv`, or,
+    when it is over the attachment limit, a link to it: a large CSV would exceed common SMTP size limits.
 
     `summary` keys (all optional): `total_images`, `compressed`, `failed` (counts), `failures` (a list of
     mappings with `url`, `reason` and optionally `index`), `status_url` and `options` (the request's
@@ -84,13 +95,34 @@ def build_completion_email(
     msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = completion_message_id(message_id, sender)
     msg[REQUEST_ID_HEADER] = request_id
-    msg.set_content(_body(request_id, total, compressed, failed, summary, filename))
-    msg.add_attachment(csv_bytes, maintype="text", subtype="csv", filename=filename)
+    msg.set_content(_body(request_id, total, compressed, failed, summary, _where(attachment, filename)))
+    if attachment.csv_bytes is not None:
+        msg.add_attachment(attachment.csv_bytes, maintype="text", subtype="csv", filename=filename)
     return msg
 
 
+def _where(attachment: Attachment, filename: str) -> list[str]:
+    """Where the output CSV is: attached, or (too large to attach) behind its link, saying why."""
+    if attachment.csv_bytes is not None:
+        return [f"The output CSV is attached as {filename}."]
+    return [  # lines under 76 characters: no soft breaks in the quoted-printable body
+        f"The output CSV is larger than {_size(attachment.limit)}, too large to attach here.",
+        "Download it (with your API key, if the service uses keys) from:",
+        f"  {attachment.link}",
+    ]
+
+
+def _size(limit: int) -> str:
+    return f"{limit / 1024 / 1024:g} MiB" if limit >= 1024 * 1024 else f"{limit} bytes"
+
+
 def _body(
-    request_id: str, total: int, compressed: int, failed: int, summary: Mapping[str, Any], filename: str
+    request_id: str,
+    total: int,
+    compressed: int,
+    failed: int,
+    summary: Mapping[str, Any],
+    output: list[str],
 ) -> str:
     lines = [
         f"Your imagepipe request {request_id} has finished.",
@@ -100,7 +132,7 @@ def _body(
         f"  Failed:      {failed}",
         f"  Options:     {ImageOptions.from_stored(summary.get('options')).describe() or 'none (defaults)'}",
         "",
-        f"The output CSV is attached as {filename}.",
+        *output,
     ]
     if status_url := summary.get("status_url"):
         lines.append(f"Status: {status_url}")

@@ -16,18 +16,22 @@ _BODY_SNIPPET_BYTES = 200  # enough of an error page to tell what went wrong
 
 
 class Webhooks(Protocol):
-    async def post(self, url: str, payload: dict[str, Any], *, message_id: str) -> AttemptOutcome: ...
+    async def post(
+        self, url: str, payload: dict[str, Any], *, message_id: str, secret: str | None
+    ) -> AttemptOutcome: ...
 
 
 class HttpWebhooks:
-    """Webhooks sent through one (SSRF-guarded) HTTP session, signed with `secret` when there is one."""
+    """Webhooks sent through one (SSRF-guarded) HTTP session, each signed with its request's secret."""
 
-    def __init__(self, session: aiohttp.ClientSession, secret: str | None, timeout: float) -> None:
-        self.session, self.secret, self.timeout = session, secret, timeout
+    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
+        self.session, self.timeout = session, timeout
 
-    async def post(self, url: str, payload: dict[str, Any], *, message_id: str) -> AttemptOutcome:
+    async def post(
+        self, url: str, payload: dict[str, Any], *, message_id: str, secret: str | None
+    ) -> AttemptOutcome:
         return await post_webhook(
-            self.session, url, payload, message_id=message_id, secret=self.secret, timeout=self.timeout
+            self.session, url, payload, message_id=message_id, secret=secret, timeout=self.timeout
         )
 
 

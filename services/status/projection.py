@@ -23,7 +23,13 @@ from prometheus_client import Histogram
 
 from shared.bus import HandlerMethods, Publisher
 from shared.events import Event, ImageCompressed, ImageFailed, RequestCompleted
-from shared.repository import OutcomeDoc, OutcomeStatus, RequestRepository, UnknownRequest
+from shared.repository import (
+    OutcomeDoc,
+    OutcomeStatus,
+    RequestPurged,
+    RequestRepository,
+    UnknownRequest,
+)
 
 log = structlog.get_logger()
 
@@ -62,6 +68,9 @@ class StatusProjection:
             while batch := self._waiting.pop(request_id, None):
                 try:
                     completed = await self.repo.record_outcomes(request_id, [_outcome(e) for e, _ in batch])
+                except RequestPurged:  # deleted: its outcomes are done with, and must not recreate it
+                    log.info("outcomes_of_deleted_request_dropped", request_id=request_id, count=len(batch))
+                    completed = False
                 except Exception as exc:
                     for _, done in batch:
                         if not done.done():  # its handler was cancelled (shutdown, lost channel)

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from services.upload import lifecycle
 from services.upload.csv_input import CsvLimits
 from services.upload.deps import Gateway
 from services.upload.errors import install_error_handlers
@@ -63,4 +64,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _connect_then_relay(runtime: Runtime, relay: OutboxRelay) -> None:
     if await runtime.connect():
         runtime.spawn(settle_abandoned_uploads_forever(runtime.repo), "upload-janitor")
+        retention = runtime.settings.retention
+        runtime.spawn(lifecycle.sweep_forever(runtime.repo, runtime.images, retention), "lifecycle-sweeper")
         await relay.run_forever()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import structlog
@@ -12,6 +13,7 @@ from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPBearer
 
 from services.upload.csv_input import CsvLimits
 from services.upload.errors import ApiError
+from services.upload.lifecycle import Deletions
 from services.upload.relay import OutboxRelay
 from services.upload.status_view import ShortLivedCache
 from shared.repository import REQUEST_ID_PATTERN, RequestDoc, RequestStatus
@@ -25,6 +27,10 @@ class Gateway:
     limits: CsvLimits
     status_cache: ShortLivedCache
     progress_cache: ShortLivedCache  # live progress renderings, shared by every watcher of a request
+    deletions: Deletions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deletions = Deletions(self.runtime.repo, self.runtime.images)
 
     async def request_or_404(self, request_id: str, *, notifications: bool = True) -> RequestDoc:
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -62,15 +68,22 @@ API_KEY_QUERY = APIKeyQuery(
     description="The API key as a query parameter: GET /status/{id}/events only (browsers' EventSource).",
     auto_error=False,
 )
-SECURITY: list[dict[str, list[str]]] = [
-    {"ApiKey": []},
-    {"Bearer": []},
-]  # for routes that check the key themselves (openapi_extra)
+
+
+OWNER_HEX_CHARS = 16  # 64 bits of the key's SHA-256: tells keys apart, and reveals nothing of them
 
 
 def presented_key(request: Request, *, query: bool = False) -> str:
     key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
     return key or (request.query_params.get("api_key", "") if query else "")
+
+
+def caller_owner(request: Request, gateway: Gateway) -> str | None:
+    """Who is calling, for what is theirs: a short stable hash of their (already checked) API key, never
+    the key itself; None when keys are off (local mode: everything is everyone's)."""
+    if not gateway.runtime.settings.api_keys:
+        return None
+    return hashlib.sha256(presented_key(request).encode()).hexdigest()[:OWNER_HEX_CHARS]
 
 
 def _check_key(presented: str, gateway: Gateway) -> None:

@@ -32,6 +32,7 @@ from shared.mongo import StorageError, StorageUnavailable
 from shared.netguard import BlockedAddressError, check_host_literal
 from shared.repository import ROWS_PER_CHUNK, RequestDoc, RequestRepository, RowDoc, Upload
 from shared.retry import backoff_delay
+from shared.webhooks import new_secret
 
 log = structlog.get_logger()
 
@@ -177,6 +178,8 @@ async def store_request(
     )
     if not fields.options.is_default():
         upload["options"] = fields.options.stored()
+    if fields.webhook_url is not None:
+        upload["webhook_secret"] = new_secret()  # its own: no other receiver can forge its webhooks
     await repo.create_request(request_id, upload)
     return await accept_upload(repo, request_id)
 

@@ -35,7 +35,7 @@ SSIMULACRA2 `target`). The status shows what each image became (`output_details`
 
 TAGS = [
     {"name": "uploads", "description": "Send a CSV of products and their image URLs."},
-    {"name": "requests", "description": "Follow a request: its progress, live events, its output CSV."},
+    {"name": "requests", "description": "Follow a request: its progress, live events, its output CSV; delete it."},
     {"name": "images", "description": "The compressed images (public, unguessable links)."},
     {"name": "notifications", "description": "Send a finished request's email again."},
     {"name": "operations", "description": "Liveness, readiness and metrics."},
@@ -140,6 +140,42 @@ class UploadAccepted(BaseModel):
         description="The image options as they will be applied: only those given (`{}`: the defaults), "
         "with `auto`'s default `target` filled in.",
         examples=[OPTIONS_EXAMPLE],
+    )
+    webhook_secret: str | None = Field(
+        default=None,
+        description="Only with a `webhook_url`: the secret this request's webhooks are signed with "
+        "(Standard Webhooks). Shown in this answer alone (and in a replay of it, for the same "
+        "`Idempotency-Key`): keep it to verify the deliveries.",
+        examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwCm4wGvbpZMI="],
+    )
+
+
+# The header parameter of POST /upload (read by hand in idempotency.py, so documented here).
+IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Makes the upload safe to retry: within 24 hours, the same key with the same body (CSV "
+    "and fields) answers as the first upload was answered (the same `request_id`; header "
+    "`Idempotent-Replayed: true`) and starts nothing new; with a different body, 422. Keys are per API "
+    "key when keys are on. 1 to 255 visible ASCII characters: a fresh UUID per upload, e.g. "
+    "`3f1c2a9e-8d4b-4c1e-9a57-0b6c7d8e9f10`.",
+    # No `example`: Swagger UI's "Try it out" would send it with every upload, and the second (another
+    # CSV, the same key) would be refused.
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+}
+IN_PROGRESS: dict[str, Any] = {
+    "model": ErrorBody,
+    "description": "An upload with the same `Idempotency-Key` is still being stored: retry after "
+    "`Retry-After` seconds for its answer.",
+}
+
+
+class DeletionBody(BaseModel):
+    request_id: str = Field(examples=[EXAMPLE_ID])
+    deleted: bool = Field(
+        description="Always true: the request, its rows and outcomes are gone; its images are going.",
+        examples=[True],
     )
 
 

@@ -128,6 +128,12 @@ class ShortLivedCache:
             return entry[1]  # slightly stale; the refresh is under way
         return await asyncio.shield(rendering)
 
+    def forget(self, request_id: str) -> None:
+        """Drop the renderings of a request (keyed by its id, or a tuple starting with it): it was deleted,
+        so its next read must see that, not a rendering kept from before."""
+        for key in [k for k in self._entries if request_id in (k, k[0] if isinstance(k, tuple) else None)]:
+            self._bytes -= len(self._entries.pop(key)[1])
+
     def _start(self, key: Hashable, render: Callable[[], Awaitable[bytes]]) -> asyncio.Future[bytes]:
         rendering = asyncio.ensure_future(render())
         self._rendering[key] = rendering

@@ -13,6 +13,7 @@ from localrun.supervisor import Supervisor, free_port, wait_for_port
 from tests.conftest import delete_topology, make_settings, settings_env
 from tests.stack import Stack, start_stack
 
+# Legacy: given to the stack to show that it no longer signs new requests' webhooks.
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 

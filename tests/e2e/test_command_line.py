@@ -30,6 +30,7 @@ async def imagepipe(api: str, *args: str, key: str | None = None) -> tuple[int, 
         "cli",
         *args,
         env=env,
+        stdin=asyncio.subprocess.DEVNULL,  # as in a script: never a terminal to ask on
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -155,3 +156,27 @@ async def test_a_bad_image_option_is_refused_naming_it(stack: Stack, tmp_path: P
     assert code == Exit.REFUSED and out == ""
     assert "HTTP 422" in err and "- format: format must be one of jpeg, webp, avif" in err
     assert "- quality: quality must be 'auto' or a whole number from 1 to 95, not 0" in err
+
+
+async def test_delete_needs_a_yes_without_a_terminal_then_deletes(stack: Stack, tmp_path: Path) -> None:
+    code, out, err = await imagepipe(
+        stack.api,
+        "upload",
+        str(catalogue(stack, tmp_path, "cli-del", 1)),
+        "--email",
+        "a@example.com",
+        "--wait",
+    )
+    assert code == Exit.OK, err
+    request_id = out.strip()
+
+    code, _, err = await imagepipe(stack.api, "delete", request_id)  # stdin is no terminal: nothing asked
+    assert code == Exit.DECLINED and "--yes" in err
+    assert (await imagepipe(stack.api, "status", request_id))[0] == Exit.OK  # still there
+
+    code, _, err = await imagepipe(stack.api, "delete", request_id, "--yes")
+    assert code == Exit.OK and f"deleted {request_id}" in err
+    code, _, err = await imagepipe(stack.api, "status", request_id)
+    assert code == Exit.REFUSED and "404" in err
+    code, _, err = await imagepipe(stack.api, "delete", "z" * 22, "--yes")
+    assert code == Exit.REFUSED and "unknown request_id" in err

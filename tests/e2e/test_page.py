@@ -39,10 +39,15 @@ async def test_upload_through_the_page_and_watch_it_complete(
     await page.goto(f"{stack.api}/")
     await page.locator("#file").set_input_files(csv_path)
     await page.locator("#email").fill("team@example.com")
+    await page.locator("#webhook_url").fill(f"{origin.base_url}/hook")
     await page.get_by_role("button", name="Upload and compress").click()
 
     await expect(page).to_have_url(re.compile(r"/r/[A-Za-z0-9_-]{16,}$"))
     request_id = page.url.rsplit("/", 1)[1]
+    # The webhook's own signing secret, shown once, right after the upload.
+    await expect(page.locator("#webhook-secret-value")).to_have_text(
+        re.compile(r"^whsec_[A-Za-z0-9+/=]{40,}$")
+    )
     await expect(page.locator("#state")).to_have_text("COMPLETED", timeout=60_000)
     await expect(page.locator("#count-compressed")).to_have_text("5")
     await expect(page.locator("#count-failed")).to_have_text("1")
@@ -66,6 +71,7 @@ async def test_upload_through_the_page_and_watch_it_complete(
     await bookmark.goto(f"{stack.api}/r/{request_id}")
     await expect(bookmark.locator("#state")).to_have_text("COMPLETED", timeout=10_000)
     await expect(bookmark.locator("#count-total")).to_have_text("6")
+    await expect(bookmark.locator("#webhook-secret")).to_be_hidden()  # never shown again
     # ...and the upload form lists it among this browser's recent requests.
     await bookmark.goto(f"{stack.api}/")
     await expect(bookmark.locator("#recent")).to_contain_text(request_id)

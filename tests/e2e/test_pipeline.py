@@ -8,6 +8,7 @@ import json
 
 from gridfs import AsyncGridFSBucket
 from pymongo import AsyncMongoClient
+from standardwebhooks import Webhook
 
 from localrun.samples import photo
 from shared.webhooks import verify
@@ -81,7 +82,11 @@ async def test_a_batch_goes_from_upload_to_email_and_webhook(stack: Stack) -> No
     assert list(csv.reader(io.StringIO(csv_attachment(mails[0])))) == rows
     hooks = await eventually(lambda: origin.webhooks)
     assert len(hooks) == 1
-    assert verify(WEBHOOK_SECRET, hooks[0]["headers"], hooks[0]["body"])
+    # Signed with the request's own secret (from the 202), not the legacy one the stack is also given.
+    secret = accepted["webhook_secret"]
+    assert Webhook(secret).verify(hooks[0]["body"], hooks[0]["headers"])["type"] == "request.completed"
+    assert verify(secret, hooks[0]["headers"], hooks[0]["body"])
+    assert not verify(WEBHOOK_SECRET, hooks[0]["headers"], hooks[0]["body"])
     payload = json.loads(hooks[0]["body"])
     assert payload["type"] == "request.completed" and payload["data"]["failed"] == 1
 

@@ -17,7 +17,14 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 
 from services.notifier.delivery import AttemptOutcome, AttemptRecord, deliver_with_retry
-from services.notifier.mailer import FileMailer, MailError, SmtpMailer, attempt_email, build_completion_email
+from services.notifier.mailer import (
+    Attachment,
+    FileMailer,
+    MailError,
+    SmtpMailer,
+    attempt_email,
+    build_completion_email,
+)
 from services.notifier.webhook import post_webhook
 from shared.webhooks import verify
 
@@ -248,7 +255,7 @@ def completion_email(**overrides: Any) -> EmailMessage:
             "failed": 1,
             "failures": [{"index": 2, "url": "https://x/c.jpg", "reason": "HTTP 404"}],
         },
-        "csv_bytes": CSV,
+        "attachment": Attachment(csv_bytes=CSV, link="http://api/output/req-1", limit=len(CSV)),
         "message_id": "req-1-completed",
     }
     args.update(overrides)

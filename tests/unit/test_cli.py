@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def test_exit_codes_are_distinct_and_stable() -> None:
     assert len(set(codes.values())) == len(codes)
     assert codes == {
         "OK": 0, "ERROR": 1, "USAGE": 2, "SOME_FAILED": 3, "CANCELLED": 4, "REFUSED": 5, "UNAVAILABLE": 6,
-        "PENDING": 7, "INTERRUPTED": 130,
+        "PENDING": 7, "DECLINED": 8, "INTERRUPTED": 130,
     }  # fmt: skip
 
 
@@ -91,3 +92,58 @@ def test_upload_sends_the_image_options_given_as_form_fields(tmp_path: Path) -> 
     args = parser().parse_args(argv[:4])
     args.run(RecordingApi(), args)
     assert sent[-1] == {"email": "a@example.com"}  # none given: none sent, the defaults apply
+
+
+def test_upload_shows_the_webhook_secret_it_is_given_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv_path = tmp_path / "p.csv"
+    csv_path.write_text("S. No.,Product Name,Input Image Urls\n")
+    args = parser().parse_args(
+        ["upload", str(csv_path), "--email", "a@example.com", "--webhook", "https://h/x"]
+    )
+
+    class AcceptingApi:
+        def upload(self, path: str, fields: dict[str, str]) -> dict[str, Any]:
+            return {"request_id": "r1", "products": 0, "images": 0, "webhook_secret": "whsec_c2VjcmV0"}
+
+        def page_url(self, request_id: str) -> str:
+            return f"http://h/r/{request_id}"
+
+    assert args.run(AcceptingApi(), args) == Exit.OK
+    assert "whsec_c2VjcmV0" in capsys.readouterr().err
+class DeletingApi:
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    def delete_json(self, path: str) -> dict[str, Any]:
+        self.deleted.append(path)
+        return {"request_id": path.rsplit("/", 1)[-1], "deleted": True}
+
+
+@pytest.mark.parametrize(
+    ("tty", "answer", "code", "deleted"),
+    [
+        (True, "y\n", Exit.OK, ["/requests/r1"]),
+        (True, "n\n", Exit.DECLINED, []),
+        (False, "", Exit.DECLINED, []),
+    ],
+    ids=["confirmed", "declined", "no-terminal-no-yes"],
+)
+def test_delete_asks_first_and_deletes_only_when_confirmed(
+    monkeypatch: pytest.MonkeyPatch, tty: bool, answer: str, code: Exit, deleted: list[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(answer))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: tty)
+    api = DeletingApi()
+    args = parser().parse_args(["delete", "r1"])
+    assert args.run(api, args) == code
+    assert api.deleted == deleted
+
+
+def test_delete_with_yes_does_not_ask(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # asking would find nothing to read
+    api = DeletingApi()
+    args = parser().parse_args(["delete", "r1", "--yes"])
+    assert args.run(api, args) == Exit.OK
+    assert api.deleted == ["/requests/r1"]

@@ -37,11 +37,11 @@ OBSERVABILITY = "observability"
 OBSERVABILITY_SERVICES = ("prometheus", "grafana")
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 # Distinctive stand-ins, so the rendered config shows exactly where each secret is interpolated.
-SECRETS = {
+REQUIRED = {
     "RABBITMQ_PASSWORD": "pw-from-env-1f2e",
     "IMAGEPIPE_API_KEYS": '["key-from-env-3c4d"]',
-    "IMAGEPIPE_WEBHOOK_SECRET": "whsec_ZnJvbS1lbnY=",
 }
+SECRETS = {**REQUIRED, "IMAGEPIPE_WEBHOOK_SECRET": "whsec_ZnJvbS1lbnY="}  # the last one optional (legacy)
 SECRET_NAME = re.compile(r"PASS|SECRET|KEY|TOKEN", re.IGNORECASE)
 
 Doc = dict[str, Any]
@@ -57,7 +57,7 @@ def _compose_binary() -> Path | None:
 
 
 def _compose_config(
-    env: dict[str, str], *args: str, profile: str | None = None
+    env: dict[str, str], *args: str, profile: str | None = None, env_file: Path | str = os.devnull
 ) -> subprocess.CompletedProcess[str]:
     binary = _compose_binary()
     if binary is None:
@@ -65,7 +65,15 @@ def _compose_config(
     # Hermetic: nothing from the caller's shell or a developer's .env may satisfy or change a variable.
     prefixes = ("IMAGEPIPE_", "RABBITMQ_", "COMPOSE_", "GRAFANA_")
     base = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    cmd = [str(binary), "--project-directory", str(REPO), "-f", str(COMPOSE_FILE), "--env-file", os.devnull]
+    cmd = [
+        str(binary),
+        "--project-directory",
+        str(REPO),
+        "-f",
+        str(COMPOSE_FILE),
+        "--env-file",
+        str(env_file),
+    ]
     if profile is not None:
         cmd += ["--profile", profile]  # as `docker compose --profile observability config`
     return subprocess.run(
@@ -224,7 +232,7 @@ def test_secrets_reach_exactly_the_services_that_need_them(config: Doc) -> None:
         has_keys = env.get("IMAGEPIPE_API_KEYS") == SECRETS["IMAGEPIPE_API_KEYS"]
         has_webhook = env.get("IMAGEPIPE_WEBHOOK_SECRET") == SECRETS["IMAGEPIPE_WEBHOOK_SECRET"]
         assert has_keys == (name == "upload"), name
-        assert has_webhook == (name in ("upload", "notifier")), name
+        assert has_webhook == (name == "notifier"), name  # legacy: signs older requests' webhooks
     # API-key auth is on: the list must parse as the gateway's setting.
     keys = Settings(api_keys=json.loads(services["upload"]["environment"]["IMAGEPIPE_API_KEYS"])).api_keys
     assert [k.get_secret_value() for k in keys] == ["key-from-env-3c4d"]
@@ -240,23 +248,35 @@ def test_no_secret_is_written_in_the_compose_file(raw_config: Doc) -> None:
                 assert userinfo.group(1).startswith("${"), f"{name}.{key} embeds a literal password"
 
 
-@pytest.mark.parametrize("missing", sorted(SECRETS))
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
 def test_compose_refuses_to_run_without_each_secret(missing: str) -> None:
     proc = _compose_config({k: v for k, v in SECRETS.items() if k != missing})
     assert not _succeeded(proc)
     assert missing in proc.stderr
 
 
-def test_env_example_lists_every_required_variable_with_placeholders() -> None:
+def test_compose_runs_without_the_legacy_webhook_secret() -> None:
+    notifier = _load(_compose_config(REQUIRED))["services"]["notifier"]["environment"]
+    assert notifier["IMAGEPIPE_WEBHOOK_SECRET"] == ""
+    assert Settings(webhook_secret=notifier["IMAGEPIPE_WEBHOOK_SECRET"]).webhook_secret is None
+
+
+def test_env_example_lists_every_required_variable_empty() -> None:
     required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", COMPOSE_FILE.read_text()))
-    assert required == set(SECRETS)
+    assert required == set(REQUIRED)
     assignments = dict(
         line.split("=", 1)
         for line in ENV_EXAMPLE.read_text().splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     )
     assert set(assignments) == required
-    assert all("change-me" in value for value in assignments.values())
+    assert all(value == "" for value in assignments.values())  # no placeholder that would be accepted
+
+
+def test_compose_refuses_to_start_from_the_env_example_as_it_is() -> None:
+    proc = _compose_config({}, env_file=ENV_EXAMPLE)
+    assert not _succeeded(proc)
+    assert any(name in proc.stderr for name in REQUIRED)
 
 
 # --- the observability profile ---------------------------------------------------------------------------

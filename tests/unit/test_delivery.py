@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from services.notifier.delivery import AttemptOutcome, AttemptRecord, deliver_with_retry
 from services.notifier.mailer import (
     MAX_LISTED_FAILURES,
+    Attachment,
     FileMailer,
     MailError,
     SmtpMailer,
@@ -240,13 +241,17 @@ def test_mailer_from_settings(tmp_path: Path) -> None:
 # --- building the completion email ---------------------------------------------------------------------
 
 
+def attached(csv_bytes: bytes | None) -> Attachment:
+    return Attachment(csv_bytes=csv_bytes, link="http://api/output/req42", limit=1024)
+
+
 def _email(**summary: object) -> EmailMessage:
     return build_completion_email(
         to="shop@example.com",
         sender="imagepipe@notify.example",
         request_id="req42",
         summary=summary,
-        csv_bytes="S. No.,Product Name,Input Image Urls\n1,Café,https://x/a.jpg\n".encode(),
+        attachment=attached("S. No.,Product Name,Input Image Urls\n1,Café,https://x/a.jpg\n".encode()),
         message_id="req42-completed",
     )
 
@@ -283,7 +288,7 @@ def test_completion_email_headers_and_body() -> None:
 def test_message_id_is_deterministic() -> None:
     assert _email()["Message-ID"] == _email()["Message-ID"]
     other = build_completion_email(
-        to="a@b.c", sender="x@y.z", request_id="r", summary={}, csv_bytes=b"", message_id="another"
+        to="a@b.c", sender="x@y.z", request_id="r", summary={}, attachment=attached(b""), message_id="another"
     )
     assert other["Message-ID"] == "<another@y.z>"
 
@@ -305,7 +310,7 @@ def test_header_injection_is_refused() -> None:
             sender="x@y.z",
             request_id="r\r\nBcc: evil@x",
             summary={},
-            csv_bytes=b"",
+            attachment=attached(b""),
             message_id="m",
         )
 

@@ -165,3 +165,37 @@ async def test_without_options_the_email_says_defaults(tmp_path: Path) -> None:
     await n.notify(completed())
     (mail,) = n.mailer.sent  # type: ignore[attr-defined]
     assert "Options:     none (defaults)" in mail.get_body(("plain",)).get_content()
+
+
+@pytest.mark.parametrize(
+    ("own", "legacy", "signed_with"),
+    [
+        ("whsec_b3du", "whsec_bGVnYWN5", "whsec_b3du"),  # its own secret, whatever else is configured
+        (None, "whsec_bGVnYWN5", "whsec_bGVnYWN5"),  # a request from before: the legacy secret
+        (None, None, None),  # ...or unsigned when there is none
+    ],
+)
+async def test_a_webhook_is_signed_with_its_requests_own_secret(
+    tmp_path: Path, own: str | None, legacy: str | None, signed_with: str | None
+) -> None:
+    n = await notifier(tmp_path)
+    if own is not None:
+        n.repo.requests["r1"]["webhook_secret"] = own  # type: ignore[attr-defined]
+    n = Notifier(n.repo, n.mailer, n.webhooks, Settings(data_dir=tmp_path, webhook_secret=legacy))
+    await n.notify(completed())
+    assert n.webhooks.secrets == [signed_with]  # type: ignore[attr-defined]
+
+
+async def test_an_output_over_the_attachment_limit_is_linked(tmp_path: Path) -> None:
+    n = await notifier(tmp_path)
+    n = Notifier(n.repo, n.mailer, n.webhooks, Settings(data_dir=tmp_path, mail_attach_max_bytes=10))
+    await n.notify(completed())
+    (mail,) = n.mailer.sent  # type: ignore[attr-defined]
+    assert list(mail.iter_attachments()) == []
+    assert f"{n.settings.base_url}/output/r1" in mail.get_body(("plain",)).get_content()
+async def test_a_completion_of_a_deleted_request_is_dropped(tmp_path: Path) -> None:
+    n = await notifier(tmp_path)
+    assert await n.repo.purge("r1")
+    await n.notify(completed())  # returns: acknowledged, nothing sent, nothing recreated
+    assert (n.mailer.sent, n.webhooks.posted) == ([], [])  # type: ignore[attr-defined]
+    assert await n.repo.get("r1") is None

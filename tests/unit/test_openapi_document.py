@@ -49,12 +49,13 @@ def test_every_answer_has_a_schema_and_errors_have_the_one_shape(document: dict[
 @pytest.mark.parametrize(
     ("path", "method", "statuses"),
     [
-        ("/upload", "post", {"202", "400", "401", "413", "415", "422", "503"}),
+        ("/upload", "post", {"202", "400", "401", "409", "413", "415", "422", "503"}),
         ("/status/{request_id}", "get", {"200", "400", "401", "404", "503"}),
         ("/status/{request_id}/events", "get", {"200", "401", "404", "503"}),
         ("/output/{request_id}", "get", {"200", "401", "404", "409", "503"}),
         ("/webhook-completed", "post", {"202", "400", "401", "404", "409", "429", "503"}),
         ("/image/{file_id}", "get", {"200", "404", "503"}),
+        ("/requests/{request_id}", "delete", {"202", "401", "404", "503"}),
     ],
 )
 def test_each_route_documents_the_answers_it_gives(
@@ -102,3 +103,17 @@ def test_the_answers_document_the_options_and_what_each_image_became(document: d
     }  # fmt: skip
     snapshot = ProgressSnapshot.model_json_schema()  # described in words by the events route
     assert "output_details" in snapshot["$defs"]["ImageSnapshot"]["properties"]
+
+
+def test_the_upload_documents_its_idempotency_key_header_and_webhook_secret(
+    document: dict[str, Any],
+) -> None:
+    upload = document["paths"]["/upload"]["post"]
+    (header,) = [p for p in upload["parameters"] if p["in"] == "header"]
+    assert header["name"] == "Idempotency-Key" and header["required"] is False
+    assert header["schema"]["maxLength"] == 255
+    assert "example" not in header and "examples" not in header  # "Try it out" must not send one
+    assert "409" in upload["responses"] and "Idempotency-Key" in upload["responses"]["409"]["description"]
+    secret = document["components"]["schemas"]["UploadAccepted"]["properties"]["webhook_secret"]
+    assert "this answer alone" in secret["description"]
+    assert "webhook_secret" not in document["components"]["schemas"]["StatusBody"]["properties"]

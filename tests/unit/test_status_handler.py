@@ -109,3 +109,13 @@ async def test_an_outcome_records_the_output_dimensions_quality_and_score() -> N
     first, second = outcomes[("r1", 0)], outcomes[("r1", 1)]
     assert (first["width"], first["height"], first["quality"], first["score"]) == (800, 600, 37, 61.2)
     assert not {"width", "height", "quality", "score"} & second.keys()
+
+
+async def test_outcomes_of_a_deleted_request_are_dropped_at_once_and_do_not_recreate_it() -> None:
+    projection = await projection_with(total=2)
+    await projection.record(compressed(0))
+    assert await projection.repo.purge("r1")
+    await projection.record(failed(1))  # returns: acknowledged, not retried
+    assert await projection.repo.get("r1") is None
+    assert projection.repo.outcomes == {}  # type: ignore[attr-defined]
+    assert projection.publisher.events == []  # type: ignore[attr-defined]

@@ -9,12 +9,11 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Request
 
-from services.upload.deps import SECURITY, GatewayDep, require_api_key
+from services.upload.deps import ApiKey, GatewayDep
 from services.upload.errors import ApiError, problem
 from services.upload.openapi import RenotifyQueued, RenotifyRequest, errors
 from shared.events import NotificationRequested
 from shared.repository import RequestStatus
-from shared.webhooks import verify
 
 log = structlog.get_logger()
 router = APIRouter(tags=["notifications"])
@@ -26,8 +25,8 @@ router = APIRouter(tags=["notifications"])
     summary="Send the completion email again",
     response_model=RenotifyQueued,
     responses=errors(400, 401, 404, 409, 429, 503),
+    dependencies=[ApiKey],
     openapi_extra={
-        "security": SECURITY,
         "parameters": [
             {"name": "request_id", "in": "query", "required": False, "schema": {"type": "string"}}
         ],
@@ -41,11 +40,11 @@ router = APIRouter(tags=["notifications"])
     },
 )
 async def webhook_completed(request: Request, gateway: GatewayDep) -> dict[str, Any]:
-    """`request_id` as JSON, a form field or a query parameter. With keys on, an API key or a valid
-    Standard Webhooks signature (then the id is taken from the signed JSON body only)."""
-    signed = await _authorise(request, gateway)  # before the body is read, unless a signature needs it
+    """`request_id` as JSON, a form field or a query parameter. With keys on, an API key (no webhook
+    signature: a webhook secret is its receiver's, not a credential for this API). With keys off (local
+    mode), no credential, like every other route; at most one re-send per request per interval."""
     raw = await request.body()  # at most a few KiB (middleware.BodySizeLimit)
-    request_id = await _request_id_from(request, raw, signed_body_only=signed)
+    request_id = await _request_id_from(request, raw)
     found = await gateway.request_or_404(request_id, notifications=False)
     if found["status"] != RequestStatus.COMPLETED:
         raise ApiError(409, "the request is not complete yet; its notification goes out when it is")
@@ -64,27 +63,10 @@ async def webhook_completed(request: Request, gateway: GatewayDep) -> dict[str, 
     return {"request_id": request_id, "notification": "queued"}
 
 
-async def _authorise(request: Request, gateway: GatewayDep) -> bool:
-    """With auth on, either an API key or a valid Standard Webhooks signature will do.
-
-    True when the signature is what authorised the call."""
-    settings = gateway.runtime.settings
-    if not settings.api_keys:
-        return False
-    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-    if secret and "webhook-signature" in request.headers:
-        if verify(secret, dict(request.headers), await request.body()):
-            return True
-        raise ApiError(401, "invalid webhook signature")
-    await require_api_key(request, gateway)
-    return False
-
-
-async def _request_id_from(request: Request, raw: bytes, *, signed_body_only: bool) -> str:
-    """From the query, a JSON body or a form; only from the JSON body when a signature vouches for it
-    (it covers the body alone, and an outgoing webhook replayed here has no top-level request_id)."""
-    request_id = None if signed_body_only else request.query_params.get("request_id")
-    content_type = "application/json" if signed_body_only else request.headers.get("content-type", "")
+async def _request_id_from(request: Request, raw: bytes) -> str:
+    """From the query, a JSON body or a form."""
+    request_id = request.query_params.get("request_id")
+    content_type = request.headers.get("content-type", "")
     if not request_id and content_type.startswith("application/json") and raw:
         try:
             body = json.loads(raw)

@@ -1,4 +1,5 @@
-"""A request's progress (GET /status/{id}) and its output CSV (GET /output/{id})."""
+"""A request's progress (GET /status/{id}), its output CSV (GET /output/{id}), and deleting it
+(DELETE /requests/{id})."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from fastapi.responses import StreamingResponse
 
 from services.upload.deps import ApiKey, GatewayDep
 from services.upload.errors import ApiError, problem
-from services.upload.openapi import StatusBody, errors, ok
+from services.upload.openapi import DeletionBody, Responses, StatusBody, errors, ok
 from services.upload.status_view import View, render_status
 from shared.output_csv import output_csv
-from shared.repository import RequestStatus
+from shared.repository import REQUEST_ID_PATTERN, RequestStatus
 
 router = APIRouter(dependencies=[ApiKey], tags=["requests"])
 
@@ -52,3 +53,30 @@ async def output(request_id: str, gateway: GatewayDep) -> StreamingResponse:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="imagepipe-{request_id}.csv"'},
     )
+
+
+DELETING: Responses = {
+    202: {
+        "description": "Deleted: its status, output and progress answer 404 from now on; its images are "
+        "being removed (their URLs answer 404 within moments).",
+        "model": DeletionBody,
+    }
+}
+
+
+@router.delete(
+    "/requests/{request_id}",
+    summary="Delete a request, with its images",
+    status_code=202,
+    response_model=DeletionBody,
+    responses=DELETING | errors(401, 404, 503),
+)
+async def delete(request_id: str, gateway: GatewayDep) -> DeletionBody:
+    """Deletes the request, its rows and its outcomes before answering, and its stored images just after
+    (about 1.5 ms an image). A running request stops: its remaining images are skipped. Repeating the
+    call within the hour after answers 202 again, and finishes anything an interrupted deletion left."""
+    if not REQUEST_ID_PATTERN.match(request_id) or not await gateway.deletions.start(request_id):
+        raise ApiError(404, f"unknown request_id {request_id!r}")
+    gateway.status_cache.forget(request_id)
+    gateway.progress_cache.forget(request_id)
+    return DeletionBody(request_id=request_id, deleted=True)

@@ -1,6 +1,6 @@
 // imagepipe's web page: upload at "/", one request's live progress at "/r/{id}" (bookmarkable).
 // Plain ES module, no build step. It uses the public API: POST /upload, GET /status/{id}/events (SSE),
-// GET /output/{id}. Text from the server is always set as text, never as HTML.
+// GET /output/{id}, DELETE /requests/{id}. Text from the server is always set as text, never as HTML.
 
 const FINAL = ["COMPLETED", "CANCELLED"]; // states after which nothing changes; the stream then ends
 const KEY_STORE = "imagepipe.apiKey"; // sessionStorage: the API key lives as long as the tab
@@ -174,6 +174,7 @@ async function upload(event) {
       return;
     }
     remember({ id: body.request_id, at: new Date().toISOString(), file: $("file").files[0].name, status: body.status });
+    justUploaded = body.webhook_secret ? { id: body.request_id, secret: body.webhook_secret } : null;
     history.pushState({}, "", `/r/${body.request_id}`);
     route();
   } catch (error) {
@@ -215,6 +216,8 @@ function follow(id) {
   $("thumbs").replaceChildren();
   $("request-id").textContent = id;
   $("request-error").hidden = true;
+  $("request-deleted").hidden = true;
+  $("delete-button").disabled = false;
   $("json-link").href = `/status/${id}`;
   $("json-link").hidden = Boolean(apiKey()); // a plain link cannot send the key
   const key = apiKey();
@@ -283,6 +286,30 @@ function renderOutputLink(s) {
     link.href = `/output/${encodeURIComponent(s.request_id)}`;
     link.setAttribute("download", `imagepipe-${s.request_id}.csv`);
   } else link.removeAttribute("href");
+}
+
+async function deleteRequest() {
+  const id = $("request-id").textContent;
+  if (!confirm(`Delete request ${id}, its output CSV and all its images? This cannot be undone.`)) return;
+  $("delete-button").disabled = true;
+  const response = await fetch(`/requests/${encodeURIComponent(id)}`, { method: "DELETE", headers: authHeaders() }).catch(() => null);
+  if (!response || !response.ok) {
+    $("delete-button").disabled = false;
+    const body = response ? await response.json().catch(() => null) : null;
+    return showProblems($("request-error"), body, "The server cannot be reached; nothing was deleted.");
+  }
+  if (stream) stream.close();
+  $("live").hidden = true;
+  $("state").textContent = "DELETED";
+  $("state").className = "state failed";
+  localStorage.setItem(RECENT_STORE, JSON.stringify(recent().filter((r) => r.id !== id)));
+  for (const link of [$("output-link"), $("json-link")]) {
+    link.classList.add("disabled");
+    link.removeAttribute("href");
+  }
+  $("thumbs").replaceChildren();
+  $("request-error").hidden = true;
+  $("request-deleted").hidden = false;
 }
 
 async function downloadWithKey(event) {
@@ -366,10 +393,20 @@ function renderThumbs(s) {
 }
 
 // --- routing ----------------------------------------------------------------------------------------------
+// The webhook secret of the request just uploaded: the server shows it in the upload's answer only.
+let justUploaded = null;
+
+function showWebhookSecret(id) {
+  const shown = justUploaded !== null && justUploaded.id === id;
+  $("webhook-secret").hidden = !shown;
+  $("webhook-secret-value").textContent = shown ? justUploaded.secret : "";
+}
+
 function route() {
   const match = location.pathname.match(/^\/r\/([A-Za-z0-9_-]+)$/);
   $("upload-view").hidden = Boolean(match);
   $("request-view").hidden = !match;
+  showWebhookSecret(match ? match[1] : null);
   if (match) {
     document.title = `imagepipe · ${match[1]}`;
     follow(match[1]);
@@ -384,5 +421,6 @@ setUpKeyPanel();
 setUpUpload();
 setUpOptions();
 $("output-link").addEventListener("click", downloadWithKey);
+$("delete-button").addEventListener("click", deleteRequest);
 window.addEventListener("popstate", route);
 route();
