@@ -1,5 +1,7 @@
-"""`make bench` / `python -m bench [--section all|pipeline|options] [--images N] [--quick] [--profile PY_SPY]`:
-see bench/__init__.py. `--section options` runs only the image options section (bench/options.py)."""
+"""`make bench` / `python -m bench [--section all|pipeline|options|scaling] [--images N] [--quick]
+[--profile PY_SPY]`: see bench/__init__.py. `--section options` runs only the image options section
+(bench/options.py), `--section scaling` only the compressor scaling section and the capacity calculation
+(bench/scaling.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import sys
 
 import structlog
 
-from bench import options, report
+from bench import options, report, scaling
 from bench.config import Config, parse
 from bench.results import Results, write_json
 from bench.run import run
@@ -26,7 +28,7 @@ async def _until_stopped(config: Config) -> Results:
     return await run(config)
 
 
-SECTIONS = ("all", "pipeline", "options")
+SECTIONS = ("all", "pipeline", "options", "scaling")
 
 
 def _section(argv: list[str]) -> tuple[str, list[str]]:
@@ -46,6 +48,9 @@ def main() -> None:
     if section == "options":
         options.main(argv)
         return
+    if section == "scaling":
+        scaling.main(argv)
+        return
     config = parse(argv)
     results = asyncio.run(_until_stopped(config))
     text = report.write(results, config.out_dir)
@@ -60,8 +65,9 @@ def main() -> None:
         plot=str(config.out_dir / report.PLOT_NAME),
         results=str(config.work_dir / "results.json"),
     )
-    if section == "all":  # the pipeline wrote the page afresh: add the options section to it
+    if section == "all":  # the pipeline wrote the page afresh: add the other sections to it
         options.run(config.quick, config.work_dir, config.out_dir, " ".join(["--section", "options", *argv]))
+        scaling.run_and_print(config)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.options import AVIF_COST_BOUND, BASE_QUALITY, Mode, OptionsResults
+from bench.report import put_section
 from bench.results import Check
 from services.compressor import perceptual
 from services.compressor.encoding import AVIF_SPEED
@@ -195,14 +196,4 @@ def render(results: OptionsResults) -> list[str]:
 
 def write(results: OptionsResults, out_dir: Path) -> Path:
     """Put the section into `out_dir`/benchmarks.md: in place of its previous run, or at the end."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / REPORT_NAME
-    section = "\n".join(render(results))
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        text = before + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-    return path
+    return put_section(out_dir / REPORT_NAME, START, END, "\n".join(render(results)))

@@ -285,6 +285,20 @@ def plot(results: Results, path: Path) -> None:
     fig.savefig(path)
 
 
+def put_section(path: Path, start: str, end: str, section: str) -> Path:
+    """Put a section of the report (from `start` to `end`, both lines included in `section`) into the file:
+    in place of its previous run, or at the end."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+    return path
+
+
 def write(results: Results, out_dir: Path) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     plot(results, out_dir / PLOT_NAME)

@@ -1,4 +1,4 @@
-"""`imagepipe`: upload a CSV, follow it, read its status, download its results; list and cancel requests.
+"""`imagepipe`: upload a CSV, follow it, read its status, download its results; list, cancel and delete requests.
 
     imagepipe upload FILE --email ADDR [--webhook URL] [--wait] [--url BASE]
     imagepipe status ID [--wait] [--json] [--url BASE]
@@ -6,6 +6,7 @@
     imagepipe list [--limit N] [--cursor C] [--json] [--url BASE]
     imagepipe cancel ID [--no-wait] [--url BASE]
     imagepipe delete ID [--yes] [--url BASE]
+    imagepipe parked list|show|replay|purge [ID] [--all] [--service S]   (through the broker: parked.py)
 
 The API's address is --url, else IMAGEPIPE_URL, else the local API; the key, if the server wants one, is
 IMAGEPIPE_API_KEY. Exit codes are in exit_codes.py (and `imagepipe --help`).
@@ -17,8 +18,8 @@ import argparse
 import os
 import sys
 
-from cli import commands
-from cli.api import Api, CliError
+from cli import commands, parked
+from cli.api import Api, CliError, default_base_url
 from cli.exit_codes import HELP, Exit
 
 # Every subcommand, in the order `--help` lists them: add a new one here.
@@ -29,6 +30,7 @@ COMMANDS = (
     commands.add_list,
     commands.add_cancel,
     commands.add_delete,
+    parked.add_parked,
 )
 
 
@@ -37,7 +39,10 @@ def parser() -> argparse.ArgumentParser:
         prog="imagepipe",
         description="Compress product images: upload a CSV, follow its progress, download the results, "
         "delete them.",
-        epilog=f"environment: IMAGEPIPE_URL (the API), IMAGEPIPE_API_KEY\n\nexit codes:\n{HELP}",
+        epilog=(
+            "environment: IMAGEPIPE_URL (the API), IMAGEPIPE_API_KEY; `parked`: IMAGEPIPE_AMQP_URL, "
+            f"IMAGEPIPE_BUS_PREFIX\n\nexit codes:\n{HELP}"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subcommands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -48,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    api = Api(args.url, os.environ.get("IMAGEPIPE_API_KEY") or None)
+    api = Api(getattr(args, "url", default_base_url()), os.environ.get("IMAGEPIPE_API_KEY") or None)
     try:
         code = args.run(api, args)
     except CliError as exc:

@@ -26,6 +26,7 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aio_pika
@@ -37,6 +38,7 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from prometheus_client import Counter, Histogram
 
 from shared.errors import Unavailable
 from shared.events import Event, MalformedEvent, parse_event
@@ -51,6 +53,15 @@ log = structlog.get_logger()
 CRASH_LIMIT = 5
 DELIVERY_LIMIT = 20
 GIVEN_UP = "x-given-up"  # header: why the bus gave up on the message; it is only settled from then on
+# Headers a parked message carries for the people who look at it (`imagepipe parked`), besides GIVEN_UP,
+# `x-attempt` (failed handler attempts) and `x-last-error`: which kind of giving up (PARK_REASONS), the
+# routing key it was first published with, and when it was parked.
+PARK_REASON = "x-park-reason"
+ROUTING_KEY = "x-routing-key"
+PARKED_AT = "x-parked-at"
+# handler_failed: every retry failed; malformed: unreadable or unhandled; crash_loop: CRASH_LIMIT;
+# delivery_limit: dead-lettered by the broker (DELIVERY_LIMIT).
+PARK_REASONS = ("handler_failed", "malformed", "crash_loop", "delivery_limit")
 # While the connection is being re-established its channels are closed; a publish waits this long for them
 # to be restored rather than fail at once.
 RECONNECT_WAIT_S = 30.0
@@ -73,6 +84,23 @@ def repeat_delivery() -> bool:
     has none to find, unless someone republished it: its effects must be idempotent anyway). Outside a bus
     handler, True: the cautious answer."""
     return _REPEAT.get()
+
+
+# deploy/prometheus/metrics.yml. Every consuming service exports these, labelled with its own name.
+_HANDLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+HANDLED = Counter(
+    "imagepipe_bus_messages_handled_total", "Messages whose handler succeeded", ["service", "event_type"]
+)
+RETRIED = Counter(
+    "imagepipe_bus_messages_retried_total", "Messages sent to a retry queue", ["service", "event_type"]
+)
+PARKED = Counter("imagepipe_bus_messages_parked_total", "Messages parked", ["service", "reason"])
+HANDLER_SECONDS = Histogram(
+    "imagepipe_bus_handler_duration_seconds",
+    "Time a handler took, successful or not",
+    ["service", "event_type"],
+    buckets=_HANDLER_BUCKETS,
+)
 
 
 class BrokerUnavailable(Unavailable):
@@ -250,41 +278,51 @@ class EventBus:
             if handler is None:  # bound once, since unbound: nothing here can handle it
                 raise MalformedEvent(f"{type(event).__name__} is not handled by {service}")
         except MalformedEvent as exc:
-            await self._give_up(service, message, str(exc))
+            await self._give_up(service, message, str(exc), "malformed")
             return
         with _event_context(event):
-            given_up = _header_str(message, GIVEN_UP) or _crash_reason(message)
-            if given_up:  # a crash-looper, or a settlement to try again: never handled again
-                await self._give_up(service, message, given_up)
+            if given_up := _header_str(message, GIVEN_UP):  # a settlement to try again: never handled again
+                await self._give_up(service, message, given_up, _park_reason(message))
                 return
+            if crashes := _crash_reason(message):
+                await self._give_up(service, message, crashes, "crash_loop")
+                return
+            event_type = type(event).__name__
             repeat = _REPEAT.set(
                 message.redelivered is True
                 or any(_header_int(message, h) for h in ("x-attempt", "x-outages", "x-delivery-count"))
             )
             try:
-                await handler(event)
+                with HANDLER_SECONDS.labels(service, event_type).time():
+                    await handler(event)
             except asyncio.CancelledError:
                 raise  # shutdown: not acked, so the broker redelivers it
             except Exception as exc:
                 await self._after_failure(service, message, exc)
+            else:
+                HANDLED.labels(service, event_type).inc()
             finally:
                 _REPEAT.reset(repeat)
 
     async def _after_failure(self, service: str, message: AbstractIncomingMessage, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:500]
+        retried = RETRIED.labels(service, message.type or "unknown")
         if isinstance(exc, Unavailable):  # shared/errors.py: an outage says nothing about the message
             await self._retry_later(service, message, reason)
+            retried.inc()
             return
         delays = self.topology.retry_delays_ms
         attempt = _header_int(message, "x-attempt")
         if attempt < len(delays):
+            retried.inc()
             log.warning(
                 "handler_failed_retrying", attempt=attempt + 1, delay_ms=delays[attempt], reason=reason
             )
             queue = self.topology.retry_queue(service, delays[attempt])
             await self._forward(message, queue, {"x-attempt": attempt + 1, "x-last-error": reason})
         else:
-            await self._give_up(service, message, f"gave up after {attempt + 1} attempts: {reason}")
+            reason = f"gave up after {attempt + 1} attempts: {reason}"
+            await self._give_up(service, message, reason, "handler_failed")
 
     async def _retry_later(
         self, service: str, message: AbstractIncomingMessage, reason: str, headers: Headers | None = None
@@ -299,10 +337,12 @@ class EventBus:
             message, queue, {**(headers or {}), "x-outages": outages + 1, "x-last-error": reason}
         )
 
-    async def _give_up(self, service: str, message: AbstractIncomingMessage, reason: str) -> None:
-        """Stop handling it: it goes to the dead letters, to be settled (see `_settle`)."""
+    async def _give_up(self, service: str, message: AbstractIncomingMessage, reason: str, kind: str) -> None:
+        """Stop handling it: it goes to the dead letters, to be settled (see `_settle`). `kind` is one of
+        PARK_REASONS."""
         log.error("message_given_up", service=service, reason=reason)
-        await self._forward(message, self.topology.dead_letter_queue(service), {GIVEN_UP: reason})
+        headers = {GIVEN_UP: reason, PARK_REASON: kind}
+        await self._forward(message, self.topology.dead_letter_queue(service), headers)
 
     async def _settle(
         self, service: str, message: AbstractIncomingMessage, on_parked: ParkedHook | None
@@ -310,11 +350,11 @@ class EventBus:
         """A dead letter, from `_give_up` or from the broker's delivery limit: give it its outcome, then
         park it. Until the outcome is recorded, it is retried (as given up: its handler never runs again)."""
         reason = _header_str(message, GIVEN_UP) or _broker_dead_letter_reason(message)
-        parked = self.topology.parking_lot(service)
+        kind = _park_reason(message)
         try:
             event = parse_event(message.body)
         except MalformedEvent:
-            await self._forward(message, parked, {GIVEN_UP: reason})
+            await self._park(service, message, reason, kind)
             return
         with _event_context(event):
             if on_parked is not None and _crash_reason(message):
@@ -324,16 +364,23 @@ class EventBus:
                     await on_parked(event, reason)
                 except Exception as exc:
                     why = f"its outcome could not be recorded: {type(exc).__name__}: {exc}"[:500]
-                    await self._retry_later(service, message, why, {GIVEN_UP: reason})
+                    await self._retry_later(service, message, why, {GIVEN_UP: reason, PARK_REASON: kind})
                     return
-            log.error("message_parked", service=service, reason=reason, queue=parked)
-            await self._forward(message, parked, {GIVEN_UP: reason})
+            await self._park(service, message, reason, kind)
+
+    async def _park(self, service: str, message: AbstractIncomingMessage, reason: str, kind: str) -> None:
+        parked = self.topology.parking_lot(service)
+        log.error("message_parked", service=service, reason=reason, queue=parked)
+        headers = {GIVEN_UP: reason, PARK_REASON: kind, PARKED_AT: datetime.now(UTC).isoformat()}
+        await self._forward(message, parked, headers)
+        PARKED.labels(service, kind).inc()
 
     async def _forward(self, message: AbstractIncomingMessage, queue: str, headers: Headers) -> None:
         """Send a copy of `message` to `queue` (through the default exchange), with `headers` added."""
         assert self._channel is not None
         await self._channel_ready()
         kept = {k: v for k, v in (message.headers or {}).items() if k != "x-delivery-count"}
+        kept.setdefault(ROUTING_KEY, _first_routing_key(message))
         copy = aio_pika.Message(
             body=message.body,
             headers={**kept, **headers},
@@ -404,6 +451,23 @@ def _crash_reason(message: AbstractIncomingMessage) -> str:
     if deliveries < CRASH_LIMIT:
         return ""
     return f"delivered {deliveries} times without being acknowledged (consumer crashes)"
+
+
+def _park_reason(message: AbstractIncomingMessage) -> str:
+    """Which of PARK_REASONS: given up on by the bus (saying which, unless it predates saying), or else
+    dead-lettered by the broker."""
+    if not _header_str(message, GIVEN_UP):
+        return "delivery_limit"
+    return _header_str(message, PARK_REASON) or "handler_failed"
+
+
+def _first_routing_key(message: AbstractIncomingMessage) -> str:
+    """The key it was published with: this delivery's, unless the broker dead-lettered it here."""
+    deaths = (message.headers or {}).get("x-death")
+    oldest = deaths[-1] if isinstance(deaths, list) and deaths and isinstance(deaths[-1], dict) else {}
+    keys = oldest.get("routing-keys")
+    key = keys[0] if isinstance(keys, list) and keys else message.routing_key
+    return key.decode() if isinstance(key, bytes) else str(key or "")
 
 
 def _broker_dead_letter_reason(message: AbstractIncomingMessage) -> str:

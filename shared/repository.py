@@ -29,6 +29,7 @@ from typing import Any, NotRequired, Protocol, TypedDict, cast
 
 import pymongo
 import pymongo.errors
+from prometheus_client import Counter
 from pymongo import UpdateOne
 
 from shared.mongo import Doc, Mongo, Session, adapts_driver_errors
@@ -43,6 +44,14 @@ FAILURES_KEPT = 100  # failures listed on the request document itself; all of th
 ATTEMPTS_KEPT = 200  # notification attempts kept on the request document
 RECENT_CHUNKS = 64  # row chunks cached per process for status pages (each <= PART_BYTES; typically ~100 KB)
 _NEVER = datetime.fromtimestamp(0, UTC)
+
+# The status service's (it alone records outcomes): deploy/prometheus/metrics.yml.
+OUTCOMES_RECORDED = Counter(
+    "imagepipe_status_outcomes_recorded_total", "Image outcomes recorded (new ones only)", ["outcome"]
+)
+TRANSACTION_RETRIES = Counter(
+    "imagepipe_status_transaction_retries_total", "Outcome transactions run again after a conflict"
+)
 
 
 class RequestStatus(StrEnum):
@@ -880,20 +889,33 @@ class MongoRequestRepository:
 
     # --- outcomes and completion ----------------------------------------------------------------------
     async def record_outcomes(self, request_id: str, outcomes: Sequence[OutcomeDoc]) -> bool:
+        # Only the committed attempt's new outcomes are counted: the driver runs `record` again after a
+        # conflict, and each run but the first is a retry.
+        recorded: list[OutcomeDoc] = []
+        runs = 0
+
         async def record(session: Session) -> bool:
-            return await self._record_outcomes(session, request_id, outcomes)
+            nonlocal runs
+            runs += 1
+            recorded.clear()
+            return await self._record_outcomes(session, request_id, outcomes, recorded)
 
         try:
-            return await self.mongo.transaction(record)
+            completed = await self.mongo.transaction(record)
         except UnknownRequest:
             if await self.was_purged(request_id):
                 raise RequestPurged(f"request {request_id} was deleted") from None
             raise
+        finally:
+            TRANSACTION_RETRIES.inc(max(runs - 1, 0))
+        for outcome in recorded:
+            OUTCOMES_RECORDED.labels(str(outcome["status"]).lower()).inc()
+        return completed
 
     async def _record_outcomes(
-        self, session: Session, request_id: str, outcomes: Sequence[OutcomeDoc]
+        self, session: Session, request_id: str, outcomes: Sequence[OutcomeDoc], recorded: list[OutcomeDoc]
     ) -> bool:
-        recorded = await self.mongo.images.bulk_write(
+        written = await self.mongo.images.bulk_write(
             [
                 UpdateOne({"_id": image_key(request_id, o["index"])}, {"$setOnInsert": o}, upsert=True)
                 for o in outcomes
@@ -901,7 +923,8 @@ class MongoRequestRepository:
             ordered=False,
             session=session,
         )
-        new = [outcomes[i] for i in recorded.upserted_ids or {}]
+        new = [outcomes[i] for i in written.upserted_ids or {}]
+        recorded.extend(new)
         if not new:
             return False
         request = await self.mongo.requests.find_one(

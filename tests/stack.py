@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -58,6 +59,19 @@ class Stack:
     @property
     def api(self) -> str:
         return self.settings.base_url
+
+    def health_port(self, process: str) -> int:
+        """The port `process` (a service, or compressor-N) serves /healthz, /readyz and /metrics on: a free
+        one it chose itself, as its log says (the last time it started)."""
+        log_file = self.supervisor.processes[process].log_file
+        assert log_file is not None
+        ports = [
+            int(found.group(1))
+            for line in log_file.read_text().splitlines()
+            if "health_listening" in line and (found := re.search(r"\bport\W+(\d+)", line))
+        ]
+        assert ports, f"{process} has not logged its health port yet"
+        return ports[-1]
 
     def start_service(self, service: str, instance: str | None = None) -> None:
         self.supervisor.start_service(service, instance)

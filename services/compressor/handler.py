@@ -23,7 +23,12 @@ log = structlog.get_logger()
 
 IMAGES = Counter("imagepipe_compressor_images_total", "Images handled, by outcome", ["outcome"])
 BYTES = Counter("imagepipe_compressor_bytes_total", "Image bytes, by direction", ["direction"])
-SECONDS = Histogram("imagepipe_compressor_seconds", "Time per image, by stage", ["stage"])
+SECONDS = Histogram(
+    "imagepipe_compressor_stage_duration_seconds",
+    "Time one image spends in each stage",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 DEFERRED = Counter("imagepipe_compressor_deferred_total", "Images put back at the end of the queue", ["why"])
 # How long an image waits, holding its prefetch slot, before it is put back at the end of the queue: for a
 # download slot of its host (short, so a dead host's images cycle past quickly to reach other hosts'), and

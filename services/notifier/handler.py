@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import structlog
+from prometheus_client import Counter
 
 from services.notifier.delivery import AttemptRecord, deliver_with_retry
 from services.notifier.mailer import Attachment, Mailer, attempt_email, build_completion_email
@@ -34,6 +35,16 @@ from shared.settings import Settings
 log = structlog.get_logger()
 
 Notice = RequestCompleted | NotificationRequested
+NOTIFICATIONS = Counter(
+    "imagepipe_notifier_notifications_total",
+    "Notifications finished, by channel and outcome",
+    ["channel", "outcome"],
+)
+ATTEMPTS = Counter(
+    "imagepipe_notifier_delivery_attempts_total",
+    "Delivery attempts, by channel and outcome",
+    ["channel", "outcome"],
+)
 Send = Callable[[RequestDoc, str, dict[str, Any]], Awaitable[None]]
 
 
@@ -164,6 +175,8 @@ class Notifier:
         async def record(attempt: AttemptRecord) -> None:
             entry = cast(AttemptDoc, {"channel": channel, "notification_id": key, **attempt.as_dict()})
             await self.repo.record_attempt(request_id, entry)
+            if attempt.attempt > 0:  # 0: the record of one never made (given up)
+                ATTEMPTS.labels(channel, attempt.outcome).inc()
 
         return record
 
@@ -171,6 +184,7 @@ class Notifier:
         self._unrecorded[(request_id, key, channel)] = ok
         await self.repo.mark_notified(request_id, key, channel, ok)
         del self._unrecorded[(request_id, key, channel)]
+        NOTIFICATIONS.labels(channel, "delivered" if ok else "failed").inc()
         log.info("notification_finished", channel=channel, ok=ok, notification_id=key)
 
 

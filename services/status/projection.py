@@ -24,6 +24,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from prometheus_client import Histogram
 
 from shared.bus import HandlerMethods, Publisher
 from shared.events import Event, ImageCompressed, ImageFailed, ImageSkipped, RequestCompleted
@@ -42,6 +43,11 @@ SWEEP_S = 1.0  # how often unpublished completions are looked for
 # How long a request's first waiting outcome waits for others before they are recorded together: each
 # transaction costs the database about the same whatever it holds, and outcomes arrive a few ms apart.
 GATHER_S = 0.05
+COMPLETION_LAG = Histogram(
+    "imagepipe_status_completion_lag_seconds",
+    "From a request's upload to its completion",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
+)
 Outcome = ImageCompressed | ImageFailed | ImageSkipped
 
 
@@ -128,6 +134,9 @@ class StatusProjection:
             )
         )
         await self.repo.mark_completion_published(request_id)
+        # Observed once per completion (published once, barring a crash); a metric never fails a publish.
+        if (completed := request.get("completed_at")) is not None and (created := request.get("created_at")):
+            COMPLETION_LAG.observe((completed - created).total_seconds())
         log.info(
             "request_completed",
             request_id=request_id,

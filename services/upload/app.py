@@ -23,7 +23,7 @@ from services.upload.openapi import DESCRIPTION, install_openapi
 from services.upload.relay import OutboxRelay
 from services.upload.routes import events, health, images, notifications, page, requests, uploads
 from services.upload.status_view import ShortLivedCache
-from shared.runtime import Runtime
+from shared.runtime import Runtime, serve_health
 from shared.settings import Settings, get_settings
 
 UPLOAD_OVERHEAD_BYTES = 64 * 1024  # the multipart framing and form fields around the CSV
@@ -42,8 +42,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The API serves at once, outages or not: readiness reports them, uploads answer 503 while the
         # database is down, and accepted uploads wait in the outbox until the broker is back.
         runtime.spawn(_connect_then_relay(runtime, relay), "connect-then-relay")
+        health = await serve_health(runtime)  # /metrics, with /healthz and /readyz: not on the API port
         yield
         await runtime.shutdown()
+        await health.cleanup()
 
     # /docs and /redoc load Swagger UI and ReDoc from this server (fastapi-offline), never from a CDN.
     app = FastAPIOffline(title="imagepipe", version="1.0", description=DESCRIPTION, lifespan=lifespan)

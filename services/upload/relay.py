@@ -24,7 +24,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 from shared.bus import Publisher
 from shared.events import ImageRequested
@@ -35,7 +35,13 @@ from shared.runtime import wait_until_set
 
 log = structlog.get_logger()
 
-PUBLISHED = Counter("imagepipe_upload_events_published_total", "ImageRequested events published")
+PUBLISHED = Counter("imagepipe_relay_events_published_total", "ImageRequested events published")
+BACKLOG = Gauge("imagepipe_relay_outbox_backlog_requests", "Accepted requests not wholly published yet")
+PUBLISH_LAG = Histogram(
+    "imagepipe_relay_publish_lag_seconds",
+    "From a request's upload to the confirm of its last ImageRequested",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
 LEASE = timedelta(seconds=6)  # extended by every progress record, and every LEASE/3 while publishing
 MAX_RETRY_WAIT_S = 10.0  # between passes while they fail (an outage)
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -74,11 +80,13 @@ class OutboxRelay:
     async def pass_once(self) -> int:
         """Top up every pending request whose window has room (a quarter of it, or what it has left), in
         turn; returns how many images were published."""
-        published = 0
+        published = pending = 0
         async for entry in self.repo.outbox_pending():
+            pending += 1
             if self._room(entry) >= min(max(self.window // 4, 1), self._left(entry)):
                 with structlog.contextvars.bound_contextvars(request_id=entry["_id"]):
                     published += await self._top_up(entry)
+        BACKLOG.set(pending)  # as the pass began: every gateway replica reports the same backlog
         return published
 
     def _room(self, entry: OutboxEntry | RequestDoc) -> int:
@@ -141,6 +149,8 @@ class OutboxRelay:
             return len(events)  # the new holder goes on from what was recorded
         if end >= request["total_images"]:
             await self.repo.finish_outbox(request_id, published=True)
+            if (created := request.get("created_at")) is not None:  # a metric never fails a publish
+                PUBLISH_LAG.observe((datetime.now(UTC) - created).total_seconds())
             log.info("request_published", images=request["total_images"])
         return len(events)
 

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from shared.image_options import DEFAULT_TARGET
@@ -44,6 +45,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
         "## Status reads",
         "## Large upload",
         "## Image options (codec only)",  # make bench runs every section
+        "## Scaling with compressor replicas (pinned to cores)",
     ):
         assert heading in report
     results = json.loads((work / "results.json").read_text())
@@ -131,6 +133,70 @@ def test_the_image_options_section_runs_alone_and_reports_every_mode(tmp_path: P
         f"auto (target {DEFAULT_TARGET:g}) spends no more bytes than quality 50",
         "auto's worst image scores no worse than quality 50's worst",
     ]
+
+
+def test_the_scaling_section_pins_replicas_and_reports_the_ratio_and_capacity(tmp_path: Path) -> None:
+    """`python -m bench --section scaling --quick`: 1 then 2 pinned compressors, into an existing report."""
+    work, out = tmp_path / "work", tmp_path / "report"
+    out.mkdir()
+    (out / "benchmarks.md").write_text("# Benchmarks\n\n## Throughput\n\nfrom the pipeline\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEPIPE_")}
+    env["IMAGEPIPE_AMQP_URL"] = AMQP_URL
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--section",
+        "scaling",
+        "--quick",
+        "--work",
+        str(work),
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (out / "benchmarks.md").read_text()
+    assert "from the pipeline" in report and report.count("## Scaling with compressor replicas") == 1
+    assert "### What a 1,000,000-image import needs" in report
+
+    results = json.loads((work / "scaling.json").read_text())
+    cores = results["cores"]
+    assert [(p["compressors"], p["cores"]) for p in results["points"]] == [(1, cores[:1]), (2, cores[:2])]
+    assert all(p["images"] == 20 and positive(p["images_per_s"]) for p in results["points"])
+    assert positive(results["ratio"]) and f"{results['ratio']:.2f}x" in done.stdout
+    assert results["rest_cores"] == (cores[2:] or None)
+    for part in ("compressor-1", "compressor-1 workers", "secantusdb", "status", "upload"):
+        assert positive(results["costs"][part]), part
+    assert positive(results["bytes_out_per_image"])
+
+
+def test_pinning_reaches_every_thread_and_child_and_is_undone() -> None:
+    from bench.scaling import pin, unpin
+
+    cores = sorted(os.sched_getaffinity(0))
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while len(os.listdir(f"/proc/{child.pid}/task")) < 2:  # until its second thread is running
+            assert time.monotonic() < deadline, "the child never started its thread"
+            time.sleep(0.05)
+        before = pin(os.getpid(), {cores[0]})  # this process, its threads, and the child
+        threads = os.listdir(f"/proc/{child.pid}/task")
+        assert len(threads) == 2 and len(before) >= 3
+        assert all(os.sched_getaffinity(int(t)) == {cores[0]} for t in threads)
+        unpin(before)
+        assert os.sched_getaffinity(0) == set(cores)
+        assert all(os.sched_getaffinity(int(t)) == set(cores) for t in threads)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_profile_samples_are_sorted_into_categories() -> None:

@@ -154,8 +154,7 @@ def test_app_service_restarts_waits_for_healthy_infra_and_drains_on_stop(config:
 def test_app_healthcheck_targets_the_port_the_service_listens_on(config: Doc, name: str) -> None:
     service = config["services"][name]
     env = service["environment"]
-    expected = env["IMAGEPIPE_PORT"] if name == "upload" else env["IMAGEPIPE_HEALTH_PORT"]
-    assert _healthcheck_port(service) == int(expected)
+    assert _healthcheck_port(service) == int(env["IMAGEPIPE_HEALTH_PORT"])  # the gateway's too
     assert env["IMAGEPIPE_HOST"] == "0.0.0.0"
 
 
@@ -325,7 +324,7 @@ def test_prometheus_scrapes_each_service_where_it_serves_metrics(observability_c
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     for name in APP_SERVICES:
         env = services[name]["environment"]
-        port = env["IMAGEPIPE_PORT"] if name == "upload" else env["IMAGEPIPE_HEALTH_PORT"]
+        port = env["IMAGEPIPE_HEALTH_PORT"]  # the gateway's too: never its public API port
         # DNS service discovery: every replica of `--scale compressor=N` is a target of its own.
         (discovery,) = jobs[name]["dns_sd_configs"]
         assert discovery["names"] == [name] and discovery["port"] == int(port)
@@ -356,7 +355,7 @@ async def _probe(config: Doc, port: int, path: str) -> int:
     """Run upload's healthcheck command against `port`/`path`; return its exit code."""
     test = config["services"]["upload"]["healthcheck"]["test"]
     assert test[:2] == ["CMD", "python"]
-    args = [a.replace("127.0.0.1:8000/healthz", f"127.0.0.1:{port}{path}") for a in test[2:]]
+    args = [a.replace("127.0.0.1:8080/healthz", f"127.0.0.1:{port}{path}") for a in test[2:]]
     proc = await asyncio.create_subprocess_exec(sys.executable, *args, stderr=asyncio.subprocess.DEVNULL)
     return await asyncio.wait_for(proc.wait(), timeout=30)
 

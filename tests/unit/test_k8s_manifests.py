@@ -41,8 +41,7 @@ from tests.k8s_shapes import SHAPES
 KUBERNETES = "1.30"
 CUSTOM_KINDS = set(SHAPES)  # checked in test_k8s_custom_resources.py
 GATEWAY = "upload"
-# Where each service serves /healthz, /readyz and /metrics: the gateway on its API port, for now.
-PROBE_PORT_SETTING = {GATEWAY: "IMAGEPIPE_PORT"}
+# Every service, the gateway included, serves /healthz, /readyz and /metrics on IMAGEPIPE_HEALTH_PORT.
 OPERATIONAL_ROUTES = {"/healthz", "/readyz", "/metrics"}  # never exposed by the Ingress
 SECRET_NAME = re.compile(r"PASS|SECRET|KEY|TOKEN", re.IGNORECASE)
 URL_WITH_PASSWORD = re.compile(r"://[^/@\s]+:[^/@\s]+@")
@@ -173,7 +172,7 @@ def test_probes_and_scraping_use_the_port_serving_health_and_metrics(
 ) -> None:
     deployment = manifests.deployment(service)
     container = only_container(deployment)
-    setting = PROBE_PORT_SETTING.get(service, "IMAGEPIPE_HEALTH_PORT")
+    setting = "IMAGEPIPE_HEALTH_PORT"
     port = int(env(container, manifests)[setting]["value"])
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = container[probe]["httpGet"]
@@ -322,7 +321,8 @@ def _gateway_routes() -> set[str]:
 
 def test_the_ingress_exposes_every_api_route_and_no_operational_one() -> None:
     routes = _gateway_routes()
-    assert routes >= OPERATIONAL_ROUTES and "/upload" in routes
+    assert routes >= {"/healthz", "/readyz"} and "/upload" in routes
+    assert "/metrics" not in routes, "the gateway's metrics are on its health port, not the API's"
     unexposed = {r for r in routes - OPERATIONAL_ROUTES if not _exposed(r)}
     assert not unexposed, "add these routes to deploy/k8s/overlays/production/ingress.yaml"
     assert not {r for r in OPERATIONAL_ROUTES if _exposed(r)}, "health and metrics must stay internal"

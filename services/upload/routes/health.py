@@ -1,13 +1,14 @@
-"""Liveness, readiness and metrics of the gateway, as every worker serves them on its health port."""
+"""Liveness and readiness of the gateway on its API port. Its /metrics is served, with /healthz and /readyz
+again, on its health port (IMAGEPIPE_HEALTH_PORT, shared/runtime.py), as every worker's: never to the
+public."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.upload.deps import GatewayDep
-from services.upload.openapi import Health, Readiness, ok
+from services.upload.openapi import Health, Readiness
 
 router = APIRouter(tags=["operations"])
 
@@ -30,13 +31,3 @@ async def readyz(gateway: GatewayDep) -> JSONResponse:
         {"status": "ready" if db and broker else "not ready", "database": db, "broker": broker},
         status_code=200 if db and broker else 503,
     )
-
-
-@router.get(
-    "/metrics",
-    summary="Prometheus metrics",
-    response_class=Response,
-    responses=ok("Prometheus metrics.", media_type="text/plain"),
-)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
