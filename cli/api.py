@@ -86,6 +86,10 @@ class Api:
         with self.call():
             return self.checked(self.http.get(path, params=params)).json()
 
+    def post_json(self, path: str) -> dict[str, Any]:
+        with self.call():
+            return self.checked(self.http.post(path)).json()
+
     def delete_json(self, path: str) -> dict[str, Any]:
         with self.call():
             return self.checked(self.http.delete(path)).json()

@@ -129,7 +129,7 @@ def wait(api: Api, request_id: str) -> Exit:
         task = progress.add_task("compressing", total=None, failed=0)
 
         def update(s: dict[str, Any]) -> None:
-            done = s["no_img_compressed"] + s["no_img_failed"]
+            done = s["no_img_compressed"] + s["no_img_failed"] + s.get("no_img_skipped", 0)
             progress.update(task, total=s["total_images"], completed=done, failed=s["no_img_failed"])
 
         try:
@@ -141,14 +141,19 @@ def wait(api: Api, request_id: str) -> Exit:
     return for_outcome(final)
 
 
+COLOURS = {"COMPLETED": "green", "CANCELLED": "red", "CANCELLING": "magenta", "PENDING": "cyan"}
+
+
 def show(api: Api, s: dict[str, Any]) -> None:
-    colour = {"COMPLETED": "green" if not s["no_img_failed"] else "yellow", "CANCELLED": "red"}
+    colour = {**COLOURS, "COMPLETED": "green" if not s["no_img_failed"] else "yellow"}
     table = Table.grid(padding=(0, 2))
     table.add_row("request", s["request_id"])
     table.add_row("status", f"[bold {colour.get(s['status'], 'cyan')}]{s['status']}[/] ({s['progress']}%)")
+    skipped = f" · [yellow]{s['no_img_skipped']} skipped[/]" if s.get("no_img_skipped") else ""
     table.add_row(
         "images",
-        f"{s['total_images']} · [green]{s['no_img_compressed']} compressed[/] · [red]{s['no_img_failed']} failed[/]",
+        f"{s['total_images']} · [green]{s['no_img_compressed']} compressed[/] · [red]{s['no_img_failed']} failed[/]"
+        + skipped,
     )
     if s["bytes_in"]:
         saved = round(100 * (s["bytes_in"] - s["bytes_out"]) / s["bytes_in"])
@@ -175,6 +180,60 @@ def _options(options: dict[str, Any]) -> str:
 
 def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n / 1024:.1f} KB"
+
+
+# --- list -----------------------------------------------------------------------------------------------
+def add_list(subcommands: Subcommands) -> None:
+    p = command(subcommands, "list", "your requests, newest first (with an API key: only that key's)")
+    p.add_argument("--limit", type=int, default=20, help="requests per page (1-100; default: %(default)s)")
+    p.add_argument("--cursor", help="where the page starts: the `next` a previous page printed")
+    p.add_argument("--json", action="store_true", help="print the API's JSON (GET /requests) to stdout")
+    p.set_defaults(run=list_requests)
+
+
+def list_requests(api: Api, args: argparse.Namespace) -> Exit:
+    params = {"limit": args.limit} | ({"cursor": args.cursor} if args.cursor else {})
+    page = api.get_json("/requests", **params)
+    if args.json:
+        out.print_json(json.dumps(page))
+        return Exit.OK
+    table = Table("status", "progress", "images")
+    table.add_column("created (UTC)", no_wrap=True)
+    table.add_column("request", no_wrap=True)  # whole, even in a narrow terminal: it is what you copy
+    for r in page["requests"]:
+        skipped = f" · {r['no_img_skipped']} skipped" if r["no_img_skipped"] else ""
+        table.add_row(
+            f"[{COLOURS.get(r['status'], 'cyan')}]{r['status']}[/]",
+            f"{r['progress']}%",
+            f"{r['no_img_compressed']}/{r['total_images']} · {r['no_img_failed']} failed{skipped}",
+            r["created_at"][:16].replace("T", " "),
+            r["request_id"],
+        )
+    out.print(table if page["requests"] else "no requests yet")
+    if page["next_cursor"]:
+        err.print(f"more: imagepipe list --cursor {page['next_cursor']}", soft_wrap=True)  # one line to copy
+    return Exit.OK
+
+
+# --- cancel ---------------------------------------------------------------------------------------------
+def add_cancel(subcommands: Subcommands) -> None:
+    p = command(subcommands, "cancel", "cancel a request: images not started are skipped, never fetched")
+    p.add_argument("request_id")
+    p.add_argument("--no-wait", dest="wait", action="store_false", help="return once the cancel is accepted")
+    p.set_defaults(run=cancel)
+
+
+def cancel(api: Api, args: argparse.Namespace) -> Exit:
+    """Waits (unless --no-wait) for the images in flight to finish: exits 4 (cancelled) once it has."""
+    s = api.post_json(f"/requests/{args.request_id}/cancel")
+    if s["status"] == "CANCELLING":
+        err.print(f"[magenta]cancelling[/] {args.request_id}: images not started are skipped")
+    if not args.wait:
+        return Exit.OK
+    if s["status"] != "CANCELLED":
+        return wait(api, args.request_id)
+    show(api, s)
+    return for_outcome(s)
 
 
 # --- download -------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""`imagepipe`: upload a CSV, follow it, read its status, download its results.
+"""`imagepipe`: upload a CSV, follow it, read its status, download its results; list, cancel and delete requests.
 
     imagepipe upload FILE --email ADDR [--webhook URL] [--wait] [--url BASE]
     imagepipe status ID [--wait] [--json] [--url BASE]
     imagepipe download ID -o DIR [--url BASE]
+    imagepipe list [--limit N] [--cursor C] [--json] [--url BASE]
+    imagepipe cancel ID [--no-wait] [--url BASE]
     imagepipe delete ID [--yes] [--url BASE]
     imagepipe parked list|show|replay|purge [ID] [--all] [--service S]   (through the broker: parked.py)
 
@@ -25,6 +27,8 @@ COMMANDS = (
     commands.add_upload,
     commands.add_status,
     commands.add_download,
+    commands.add_list,
+    commands.add_cancel,
     commands.add_delete,
     parked.add_parked,
 )

@@ -79,14 +79,26 @@ class ImageFailed(ImageEvent):
     reason: str
 
 
+class ImageSkipped(ImageEvent):
+    """A compressor dropped the image unstarted, never fetched: its request is being cancelled."""
+
+    routing_key: ClassVar[str] = "image.skipped"
+    type: Literal["ImageSkipped"] = "ImageSkipped"
+    reason: str
+
+
 class RequestCompleted(Event):
-    """Every image of the request has an outcome. Published once per request, with a stable event_id."""
+    """Every image of the request has an outcome. Published once per request, with a stable event_id.
+    `status` (added with cancelling, compatibly) says how it ended: COMPLETED, or CANCELLED with
+    `skipped` images never started."""
 
     routing_key: ClassVar[str] = "request.completed"
     type: Literal["RequestCompleted"] = "RequestCompleted"
     total_images: int
     compressed: int
     failed: int
+    status: Literal["COMPLETED", "CANCELLED"] = "COMPLETED"
+    skipped: int = 0
 
 
 class NotificationRequested(Event):
@@ -98,7 +110,14 @@ class NotificationRequested(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
-    for cls in (ImageRequested, ImageCompressed, ImageFailed, RequestCompleted, NotificationRequested)
+    for cls in (
+        ImageRequested,
+        ImageCompressed,
+        ImageFailed,
+        ImageSkipped,
+        RequestCompleted,
+        NotificationRequested,
+    )
 }
 
 

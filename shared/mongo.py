@@ -34,7 +34,7 @@ import pymongo
 import structlog
 from bson import Binary
 from bson.errors import InvalidDocument
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -176,8 +176,12 @@ class Mongo:
             # Delivery bookkeeping: sparse flags, present only while there is something left to publish.
             await self.requests.create_index("outbox_pending", sparse=True)
             await self.requests.create_index("completion_pending", sparse=True)
-            # Uploads not yet accepted (RECEIVING), looked for by the gateway's janitor.
+            # Uploads not yet accepted (RECEIVING), looked for by the gateway's janitor; cancels to settle.
             await self.requests.create_index("status")
+            # GET /requests: one owner's, newest first (`owner` is stored on every request, null too).
+            await self.requests.create_index(
+                [("owner", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)]
+            )
             # Idempotency keys expire by TTL (SecantusDB honours TTL indexes too, within about a minute);
             # until the server removes one, the repository treats it as gone (claim_idempotency_key).
             await self.idempotency_keys.create_index("expires_at", expireAfterSeconds=0)

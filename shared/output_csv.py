@@ -3,7 +3,7 @@
 * Formula injection: a cell starting with = + - @ TAB or CR is prefixed with a single quote, as the OWASP
   "CSV Injection" guidance says, so a spreadsheet shows it as text instead of evaluating it. The price is
   that a harmless value such as "-5% sale" or "+1" also gets the quote; we accept that. URLs and
-  "FAILED: …" entries start with a letter, so they are never touched.
+  "FAILED: …" (and a cancelled request's "SKIPPED: …") entries start with a letter, so they are never touched.
 * Encoding: UTF-8 with a BOM, because Excel needs the BOM to read UTF-8 (non-Latin product names) and CSV
   readers that know UTF-8 (ours included) skip it. Lines end in CRLF (RFC 4180), cells are quoted only
   when needed.
@@ -39,11 +39,12 @@ def neutralise(cell: str) -> str:
     return "'" + cell if cell.startswith(_FORMULA_START) else cell
 
 
-def failed_entry(reason: str) -> str:
-    """The `Output Image Urls` entry for an image that could not be compressed. Commas and line breaks
-    in the reason are replaced, so the cell still splits into exactly one entry per input URL."""
+def failed_entry(reason: str, label: str = "FAILED") -> str:
+    """The `Output Image Urls` entry for an image that could not be compressed (or, `label` SKIPPED, was
+    skipped by a cancel). Commas and line breaks in the reason are replaced, so the cell still splits
+    into exactly one entry per input URL."""
     clean = " ".join(reason.replace(",", ";").split())
-    return f"FAILED: {clean}" if clean else "FAILED"
+    return f"{label}: {clean}" if clean else label
 
 
 def output_header(columns: Sequence[str], options: str = "") -> list[str]:
@@ -99,7 +100,7 @@ def output_cell(outcome: OutcomeDoc | None, links: Links) -> str:
         return "PENDING"
     if outcome["status"] == OutcomeStatus.COMPRESSED:
         return links.image(outcome.get("file_id", ""))
-    return failed_entry(outcome.get("reason", "unknown"))
+    return failed_entry(outcome.get("reason", "unknown"), outcome["status"])
 
 
 async def output_csv(repo: RequestRepository, request: RequestDoc, links: Links) -> AsyncIterator[bytes]:

@@ -14,6 +14,9 @@ database's rules behind these queries are in mongo.py; tests use an in-memory fa
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 import secrets
 import uuid
@@ -55,11 +58,15 @@ class RequestStatus(StrEnum):
     RECEIVING = "RECEIVING"  # stored, not yet accepted: invisible and never published (see accept_request)
     PENDING = "PENDING"  # accepted, until every image has an outcome
     COMPLETED = "COMPLETED"
+    # Cancelled (POST /requests/{id}/cancel): nothing more is published, images not started are skipped,
+    # those in flight may finish; CANCELLED once every image has its outcome (settle_cancellation).
+    CANCELLING = "CANCELLING"
+    CANCELLED = "CANCELLED"
 
 
-# Nothing changes a request in these states any more (the lifecycle issue adds CANCELLED): live progress
-# streams end there.
-FINAL_STATUSES = frozenset({RequestStatus.COMPLETED})
+# Nothing changes a request in these states any more: live progress streams end there, and the output CSV
+# and the notifications are final.
+FINAL_STATUSES = frozenset({RequestStatus.COMPLETED, RequestStatus.CANCELLED})
 
 
 class Claim(StrEnum):
@@ -73,6 +80,10 @@ class Claim(StrEnum):
 class OutcomeStatus(StrEnum):
     COMPRESSED = "COMPRESSED"
     FAILED = "FAILED"
+    SKIPPED = "SKIPPED"  # its request was cancelled before it was started; never fetched
+
+
+SKIPPED_REASON = "cancelled before it was started"
 
 
 class RowDoc(TypedDict):
@@ -120,7 +131,7 @@ class OutcomeDoc(TypedDict):
     height: NotRequired[int]
     quality: NotRequired[int]  # the encoder quality used
     score: NotRequired[float]  # quality=auto: the SSIMULACRA2 score measured for the chosen quality
-    # FAILED
+    # FAILED, SKIPPED
     reason: NotRequired[str]
 
 
@@ -154,8 +165,10 @@ class Upload(TypedDict):
 class RequestDoc(Upload):
     _id: str
     status: RequestStatus
+    owner: NotRequired[str | None]  # who created it: a hash of the API key (None when keys are off)
     no_img_compressed: int
     no_img_failed: int
+    no_img_skipped: NotRequired[int]  # images a cancel skipped (absent: none)
     bytes_in: int
     bytes_out: int
     created_at: datetime
@@ -177,6 +190,21 @@ class RequestDoc(Upload):
     # the completion (status): its event id, fixed once, and a flag until RequestCompleted is published
     completion_event_id: NotRequired[str]
     completion_pending: NotRequired[bool]
+    # a cancel: when it was asked for, and (set once, by the status service) the first image never
+    # published; every image from there on without an outcome document is SKIPPED, counted in bulk
+    cancelled_at: NotRequired[datetime]
+    skipped_from: NotRequired[int]
+
+
+class RequestPage(TypedDict):
+    """A page of GET /requests: the caller's requests, newest first, and where the next page starts."""
+
+    requests: list[RequestDoc]
+    next_cursor: str | None
+
+
+class InvalidCursor(ValueError):
+    """A paging cursor this repository did not hand out (or has been tampered with)."""
 
 
 class OutboxEntry(TypedDict):
@@ -228,6 +256,72 @@ def row_chunk_key(request_id: str, chunk: int) -> str:
     return f"{request_id}:{chunk:0{INDEX_WIDTH}d}"
 
 
+def images_done(request: RequestDoc) -> int:
+    """How many of the request's images have an outcome (compressed, failed or skipped)."""
+    return request["no_img_compressed"] + request["no_img_failed"] + request.get("no_img_skipped", 0)
+
+
+def skipped_outcome(request_id: str, index: int, at: datetime) -> OutcomeDoc:
+    """The outcome of an image a cancel skipped in bulk: never published, so it has no document."""
+    return OutcomeDoc(
+        request_id=request_id, index=index, url="", status=OutcomeStatus.SKIPPED, at=at, reason=SKIPPED_REASON
+    )
+
+
+# GET /requests: newest first, and what each entry shows.
+LIST_ORDER = [("created_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
+LISTED_FIELDS = dict.fromkeys(
+    (
+        "status",
+        "total_images",
+        "total_products",
+        "no_img_compressed",
+        "no_img_failed",
+        "no_img_skipped",
+        "created_at",
+        "completed_at",
+    ),
+    1,
+)
+MAX_CURSOR_CHARS = 200
+# How far back a page looks for requests, in turn until it is full: 1, 8, 64 minutes ... 182 days, then
+# without a bound (a page reads at most about 8 times the requests it shows, however many the owner has).
+LIST_SPANS = (*(timedelta(minutes=8**n) for n in range(7)), None)
+
+
+def encode_cursor(last: RequestDoc) -> str:
+    """Opaque to clients: where the next page starts (after this request, in LIST_ORDER)."""
+    millis = (last["created_at"] - _NEVER) // timedelta(milliseconds=1)  # what the database keeps
+    return (
+        base64.urlsafe_b64encode(json.dumps([millis, last["_id"]], separators=(",", ":")).encode())
+        .decode()
+        .rstrip("=")
+    )
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise ValueError("too long")
+        millis, request_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(millis, int) or not isinstance(request_id, str):
+            raise ValueError("not a cursor")
+        return _NEVER + timedelta(milliseconds=millis), request_id
+    except (ValueError, TypeError, OverflowError, OSError, binascii.Error) as exc:
+        raise InvalidCursor(f"not a cursor this API handed out ({type(exc).__name__})") from None
+
+
+# What record_outcomes and a cancel read to tell whether a request is complete.
+_COUNTED = dict.fromkeys(
+    ("status", "total_images", "no_img_compressed", "no_img_failed", "no_img_skipped"), 1
+)
+# The final status each in-progress status completes to.
+COMPLETES_AS = {
+    RequestStatus.PENDING: RequestStatus.COMPLETED,
+    RequestStatus.CANCELLING: RequestStatus.CANCELLED,
+}
+
+
 class RequestRepository(Protocol):
     """The operations services perform on the read model."""
 
@@ -243,8 +337,9 @@ class RequestRepository(Protocol):
     ) -> None:
         """Store a chunk of rows; `urls_column` is the cell holding the URLs (stored once, in `urls`)."""
 
-    async def create_request(self, request_id: str, upload: Upload) -> RequestDoc:
-        """The request document, RECEIVING: invisible and unpublished until `accept_request`."""
+    async def create_request(self, request_id: str, upload: Upload, owner: str | None = None) -> RequestDoc:
+        """The request document, RECEIVING: invisible and unpublished until `accept_request`. `owner`:
+        who created it (a hash of the API key; None when keys are off)."""
         ...
 
     async def accept_request(self, request_id: str) -> RequestDoc | None:
@@ -297,6 +392,23 @@ class RequestRepository(Protocol):
 
     async def outcome(self, request_id: str, index: int) -> OutcomeDoc | None: ...
 
+    async def list_requests(self, owner: str | None, limit: int, cursor: str | None = None) -> RequestPage:
+        """`owner`'s accepted requests (None: those made without an API key), newest first, without their
+        notifications; `cursor` is a page's `next_cursor`. Raises InvalidCursor."""
+        ...
+
+    # --- a cancel: the gateway asks, the status service settles ------------------------------------------
+    async def cancel_request(self, request_id: str) -> bool:
+        """PENDING -> CANCELLING, and nothing more is published; False if it was not PENDING."""
+        ...
+
+    def cancelling_requests(self) -> AsyncIterator[str]: ...
+
+    async def settle_cancellation(self, request_id: str) -> bool:
+        """Skip, in bulk, every image of a CANCELLING request never published (once); True when that
+        completed it (CANCELLED, its completion pending publication, as in `record_outcomes`)."""
+        ...
+
     # --- the outbox: publishing a request's ImageRequested events, a window at a time -------------------
     def outbox_pending(self) -> AsyncIterator[OutboxEntry]: ...
 
@@ -317,9 +429,10 @@ class RequestRepository(Protocol):
 
     # --- outcomes and completion (status) --------------------------------------------------------------
     async def record_outcomes(self, request_id: str, outcomes: Sequence[OutcomeDoc]) -> bool:
-        """Record new outcomes and count them, atomically; duplicates change nothing. True when these
-        outcomes completed the request (it is then COMPLETED, with its completion pending publication).
-        Raises UnknownRequest, recording nothing, when the request does not exist."""
+        """Record new outcomes and count them, atomically; duplicates (and images a cancel skipped in
+        bulk) change nothing. True when these outcomes completed the request (it is then COMPLETED, or
+        CANCELLED if it was CANCELLING, with its completion pending publication). Raises UnknownRequest,
+        recording nothing, when the request does not exist."""
 
     async def completion_to_publish(self, request_id: str) -> RequestDoc | None: ...
 
@@ -450,10 +563,11 @@ class MongoRequestRepository:
             first_image += sum(len(row["urls"]) for row in part)
         await self.mongo.rows.insert_many(docs)
 
-    async def create_request(self, request_id: str, upload: Upload) -> RequestDoc:
+    async def create_request(self, request_id: str, upload: Upload, owner: str | None = None) -> RequestDoc:
         doc: RequestDoc = {
             "_id": request_id,
             "status": RequestStatus.RECEIVING,
+            "owner": owner,  # always present (null too): listing asks for it by equality, from an index
             **upload,
             "no_img_compressed": 0,
             "no_img_failed": 0,
@@ -583,7 +697,98 @@ class MongoRequestRepository:
         cursor = self.mongo.images.find(
             {"request_id": request_id, "index": {"$gte": start, "$lt": end}}, projection={"_id": 0}
         )
-        return {doc["index"]: cast(OutcomeDoc, doc) async for doc in cursor}
+        found = {doc["index"]: cast(OutcomeDoc, doc) async for doc in cursor}
+        if len(found) < end - start:  # some without an outcome: skipped in bulk by a cancel, perhaps
+            request = await self.mongo.requests.find_one(
+                {"_id": request_id}, projection={"skipped_from": 1, "cancelled_at": 1}
+            )
+            if request is not None and "skipped_from" in request:
+                for index in range(max(start, request["skipped_from"]), end):
+                    found.setdefault(index, skipped_outcome(request_id, index, request["cancelled_at"]))
+        return found
+
+    async def list_requests(self, owner: str | None, limit: int, cursor: str | None = None) -> RequestPage:
+        after = decode_cursor(cursor) if cursor else None
+        newest = after[0] if after is not None else None
+        # SecantusDB finds an owner's requests from the (owner, created_at, _id) index but sorts them all
+        # before the limit applies, so a page would cost every request the owner has. Looking back over
+        # ever wider spans of time keeps it to about the requests made in the span a page needs.
+        for span in LIST_SPANS:
+            since = None if span is None else (newest or datetime.now(UTC)) - span
+            found = await self._listed(owner, after, since, limit)
+            if len(found) > limit:
+                break
+        more = len(found) > limit
+        return RequestPage(
+            requests=found[:limit], next_cursor=encode_cursor(found[limit - 1]) if more else None
+        )
+
+    async def _listed(
+        self, owner: str | None, after: tuple[datetime, str] | None, since: datetime | None, limit: int
+    ) -> list[RequestDoc]:
+        """Up to limit + 1 of `owner`'s accepted requests, newest first, from before the cursor `after`
+        and not older than `since`."""
+        created: Doc = {}
+        if after is not None:
+            created["$lte"] = after[0]
+        if since is not None:
+            created["$gte"] = since
+        query: Doc = {"owner": owner, **({"created_at": created} if created else {})}
+        found: list[RequestDoc] = []
+        async for doc in self.mongo.requests.find(
+            query, projection=LISTED_FIELDS, sort=LIST_ORDER, batch_size=limit + 1
+        ):
+            request = cast(RequestDoc, doc)
+            if after is not None and (request["created_at"], request["_id"]) >= after:
+                continue  # on the cursor's own millisecond, and already listed
+            if request["status"] != RequestStatus.RECEIVING:
+                found.append(request)
+            if len(found) > limit:
+                break
+        return found
+
+    # --- a cancel -------------------------------------------------------------------------------------
+    async def cancel_request(self, request_id: str) -> bool:
+        # Unsetting the outbox flag and lease stops the relay: it neither finds nor records this one again.
+        cancelled = await self.mongo.requests.update_one(
+            {"_id": request_id, "status": RequestStatus.PENDING},
+            {
+                "$set": {"status": RequestStatus.CANCELLING, "cancelled_at": datetime.now(UTC)},
+                "$unset": {"outbox_pending": "", "lease_until": "", "lease_owner": ""},
+            },
+        )
+        return cancelled.modified_count == 1
+
+    async def cancelling_requests(self) -> AsyncIterator[str]:
+        async for doc in self.mongo.requests.find(
+            {"status": RequestStatus.CANCELLING}, projection={"_id": 1}
+        ):
+            yield doc["_id"]
+
+    async def settle_cancellation(self, request_id: str) -> bool:
+        async def settle(session: Session) -> bool:
+            request = await self.mongo.requests.find_one(
+                {"_id": request_id}, projection=_COUNTED | {"published_images": 1}, session=session
+            )
+            if request is None or request["status"] != RequestStatus.CANCELLING:
+                return False
+            if "skipped_from" not in request:
+                first = request.get("published_images", 0)
+                # Outcomes of images past it already recorded (published, but not yet recorded as such,
+                # when the cancel came) keep their own count.
+                recorded = await self.mongo.images.count_documents(
+                    {"request_id": request_id, "index": {"$gte": first}}, session=session
+                )
+                skipped = request["total_images"] - first - recorded
+                await self.mongo.requests.update_one(
+                    {"_id": request_id},
+                    {"$set": {"skipped_from": first}, "$inc": {"no_img_skipped": skipped}},
+                    session=session,
+                )
+                request["no_img_skipped"] = request.get("no_img_skipped", 0) + skipped
+            return await self._complete_if_done(session, request)
+
+        return await self.mongo.transaction(settle)
 
     async def _row_chunks(
         self, request_id: str, first_row: int, limit: int | None
@@ -722,6 +927,21 @@ class MongoRequestRepository:
         recorded.extend(new)
         if not new:
             return False
+        request = await self.mongo.requests.find_one(
+            {"_id": request_id}, projection=_COUNTED | {"skipped_from": 1}, session=session
+        )
+        if request is None:
+            raise UnknownRequest(f"no request {request_id}")  # and the transaction records nothing
+        if (skipped_from := request.get("skipped_from")) is not None:
+            # A cancel counted these as skipped already: their late outcomes are not counted again.
+            late = [o for o in new if o["index"] >= skipped_from]
+            if late:
+                keys = [image_key(request_id, o["index"]) for o in late]
+                await self.mongo.images.delete_many({"_id": {"$in": keys}}, session=session)
+                new = [o for o in new if o["index"] < skipped_from]
+        counts = {f"no_img_{status.lower()}": 0 for status in OutcomeStatus}
+        for o in new:
+            counts[f"no_img_{o['status'].lower()}"] += 1
         compressed = [o for o in new if o["status"] == OutcomeStatus.COMPRESSED]
         failures = [
             FailureDoc(index=o["index"], url=o["url"], reason=o.get("reason", ""))
@@ -730,31 +950,31 @@ class MongoRequestRepository:
         ]
         update: Doc = {
             "$inc": {
-                "no_img_compressed": len(compressed),
-                "no_img_failed": len(failures),
+                **counts,
                 "bytes_in": sum(o.get("input_bytes", 0) for o in compressed),
                 "bytes_out": sum(o.get("output_bytes", 0) for o in compressed),
             }
         }
         if failures:
             update["$push"] = {"failures": {"$each": failures, "$slice": FAILURES_KEPT}}
-        counted = await self.mongo.requests.update_one({"_id": request_id}, update, session=session)
-        if counted.matched_count != 1:
-            raise UnknownRequest(f"no request {request_id}")
-        request = await self.mongo.requests.find_one(
-            {"_id": request_id},
-            projection={"status": 1, "total_images": 1, "no_img_compressed": 1, "no_img_failed": 1},
-            session=session,
-        )
-        assert request is not None
-        done = request["no_img_compressed"] + request["no_img_failed"]
-        if done < request["total_images"] or request["status"] != RequestStatus.PENDING:
+        await self.mongo.requests.update_one({"_id": request_id}, update, session=session)
+        for field, added in counts.items():
+            request[field] = request.get(field, 0) + added
+        return await self._complete_if_done(session, request)
+
+    async def _complete_if_done(self, session: Session, request: Doc) -> bool:
+        """Complete the request (COMPLETED, or CANCELLED if it was CANCELLING) if every image has its
+        outcome; True if this did."""
+        if images_done(cast(RequestDoc, request)) < request["total_images"]:
             return False
-        await self.mongo.requests.update_one(
-            {"_id": request_id, "status": RequestStatus.PENDING},
+        final = COMPLETES_AS.get(request["status"])
+        if final is None:
+            return False
+        completed = await self.mongo.requests.update_one(
+            {"_id": request["_id"], "status": request["status"]},
             {
                 "$set": {
-                    "status": RequestStatus.COMPLETED,
+                    "status": final,
                     "completed_at": datetime.now(UTC),
                     "completion_event_id": uuid.uuid4().hex,
                     "completion_pending": True,
@@ -762,7 +982,7 @@ class MongoRequestRepository:
             },
             session=session,
         )
-        return True
+        return completed.modified_count == 1
 
     async def completion_to_publish(self, request_id: str) -> RequestDoc | None:
         request = await self.get(request_id, notifications=False)

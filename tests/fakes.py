@@ -11,15 +11,20 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, cast
 
 from services.compressor.codec import CompressedImage, ImageRejected
 from services.compressor.fetch import FetchError
+from services.compressor.handler import Compressor, Fetcher, Outcomes
+from services.compressor.hosts import HostLimiter
+from services.compressor.wanted import RequestStatuses, WantedRequests
 from services.notifier.delivery import AttemptOutcome
+from shared.bus import Publisher
 from shared.events import Event
 from shared.files import ImageDownload, ImageMeta, StoredImage
 from shared.image_options import ImageOptions
 from shared.repository import (
+    COMPLETES_AS,
     FINAL_STATUSES,
     AttemptDoc,
     Claim,
@@ -28,6 +33,7 @@ from shared.repository import (
     OutcomeDoc,
     OutcomeStatus,
     RequestDoc,
+    RequestPage,
     RequestPurged,
     RequestStatus,
     Row,
@@ -35,6 +41,10 @@ from shared.repository import (
     RowDoc,
     UnknownRequest,
     Upload,
+    decode_cursor,
+    encode_cursor,
+    images_done,
+    skipped_outcome,
 )
 
 
@@ -89,16 +99,18 @@ class FakeRequestRepository:
             _id=key, request_id=request_id, chunk=chunk, first_image=first_image, rows=list(rows)
         )
 
-    async def create_request(self, request_id: str, upload: Upload) -> RequestDoc:
+    async def create_request(self, request_id: str, upload: Upload, owner: str | None = None) -> RequestDoc:
+        now = datetime.now(UTC)
         doc = RequestDoc(
             _id=request_id,
             status=RequestStatus.RECEIVING,
+            owner=owner,
             **upload,
             no_img_compressed=0,
             no_img_failed=0,
             bytes_in=0,
             bytes_out=0,
-            created_at=datetime.now(UTC),
+            created_at=now.replace(microsecond=now.microsecond // 1000 * 1000),  # as the database keeps it
             published_images=0,
             published_chunks=0,
         )
@@ -176,10 +188,73 @@ class FakeRequestRepository:
             index = chunk["first_image"]
             for row in chunk["rows"] if rid == request_id else []:
                 urls = range(index, index + len(row["urls"]))
-                rows.append((row, [self.outcomes.get((request_id, i)) for i in urls]))
+                rows.append((row, [self._outcome(request_id, i) for i in urls]))
                 index += len(row["urls"])
         for row_and_outcomes in rows[first_row : None if limit is None else first_row + limit]:
             yield row_and_outcomes
+
+    def _outcome(self, request_id: str, index: int) -> OutcomeDoc | None:
+        """Its outcome, or SKIPPED if a cancel skipped it in bulk (never published, so never recorded)."""
+        request = self.requests.get(request_id)
+        found = self.outcomes.get((request_id, index))
+        if found is None and request is not None and index >= request.get("skipped_from", index + 1):
+            return skipped_outcome(request_id, index, request["cancelled_at"])
+        return found
+
+    async def list_requests(self, owner: str | None, limit: int, cursor: str | None = None) -> RequestPage:
+        after = decode_cursor(cursor) if cursor else None
+        mine = [
+            copy.deepcopy(r)
+            for r in self.requests.values()
+            if r.get("owner") == owner and r["status"] != RequestStatus.RECEIVING
+        ]
+        mine.sort(key=lambda r: (r["created_at"], r["_id"]), reverse=True)
+        mine = [r for r in mine if after is None or (r["created_at"], r["_id"]) < after]
+        for r in mine:
+            r.pop("notifications", None)
+        more = len(mine) > limit
+        return RequestPage(
+            requests=mine[:limit], next_cursor=encode_cursor(mine[limit - 1]) if more else None
+        )
+
+    # --- a cancel -------------------------------------------------------------------------------------
+    async def cancel_request(self, request_id: str) -> bool:
+        request = self.requests.get(request_id)
+        if request is None or request["status"] != RequestStatus.PENDING:
+            return False
+        request.update(status=RequestStatus.CANCELLING, cancelled_at=datetime.now(UTC))
+        request.pop("outbox_pending", None)
+        self.leases.pop(request_id, None)
+        return True
+
+    async def cancelling_requests(self) -> AsyncIterator[str]:
+        for request_id, doc in list(self.requests.items()):
+            if doc["status"] == RequestStatus.CANCELLING:
+                yield request_id
+
+    async def settle_cancellation(self, request_id: str) -> bool:
+        request = self.requests.get(request_id)
+        if request is None or request["status"] != RequestStatus.CANCELLING:
+            return False
+        if "skipped_from" not in request:
+            first = request.get("published_images", 0)
+            recorded = sum(1 for (rid, i) in self.outcomes if rid == request_id and i >= first)
+            request["skipped_from"] = first
+            request["no_img_skipped"] = (
+                request.get("no_img_skipped", 0) + request["total_images"] - first - recorded
+            )
+        return self._complete_if_done(request)
+
+    def _complete_if_done(self, request: RequestDoc) -> bool:
+        if images_done(request) < request["total_images"] or request["status"] not in COMPLETES_AS:
+            return False
+        request.update(
+            status=COMPLETES_AS[request["status"]],
+            completed_at=datetime.now(UTC),
+            completion_event_id=f"completion-{request['_id']}",
+            completion_pending=True,
+        )
+        return True
 
     # --- the outbox -----------------------------------------------------------------------------------
     async def outcome(self, request_id: str, index: int) -> OutcomeDoc | None:
@@ -232,13 +307,20 @@ class FakeRequestRepository:
         request = self.requests.get(request_id)
         if request is None:
             raise (RequestPurged if request_id in self.purged else UnknownRequest)(request_id)
-        new = {(request_id, o["index"]): o for o in outcomes if (request_id, o["index"]) not in self.outcomes}
+        skipped_from = request.get("skipped_from", request["total_images"])
+        new = {
+            (request_id, o["index"]): o
+            for o in outcomes
+            if (request_id, o["index"]) not in self.outcomes and o["index"] < skipped_from
+        }
         self.outcomes.update(new)
         for outcome in new.values():
             if outcome["status"] == OutcomeStatus.COMPRESSED:
                 request["no_img_compressed"] += 1
                 request["bytes_in"] += outcome.get("input_bytes", 0)
                 request["bytes_out"] += outcome.get("output_bytes", 0)
+            elif outcome["status"] == OutcomeStatus.SKIPPED:
+                request["no_img_skipped"] = request.get("no_img_skipped", 0) + 1
             else:
                 request["no_img_failed"] += 1
                 failure = {
@@ -247,16 +329,7 @@ class FakeRequestRepository:
                     "reason": outcome.get("reason", ""),
                 }
                 request.setdefault("failures", []).append(failure)  # type: ignore[arg-type]
-        done = request["no_img_compressed"] + request["no_img_failed"]
-        if not new or done < request["total_images"] or request["status"] != RequestStatus.PENDING:
-            return False
-        request.update(
-            status=RequestStatus.COMPLETED,
-            completed_at=datetime.now(UTC),
-            completion_event_id=f"completion-{request_id}",
-            completion_pending=True,
-        )
-        return True
+        return bool(new) and self._complete_if_done(request)
 
     async def completion_to_publish(self, request_id: str) -> RequestDoc | None:
         request = await self.get(request_id)
@@ -373,6 +446,24 @@ class FakeImageStore:
         for file_id in gone:
             del self.files[file_id]
         return len(gone)
+
+
+def watching_compressor(
+    publisher: Publisher, fetcher: Fetcher, repo: Outcomes, *, per_host: int, ttl: float
+) -> Compressor:
+    """A compressor that asks `repo` whether each image is still wanted (answers kept `ttl` seconds), with
+    fake storage and codec: for tests of what a cancel does to work not started."""
+    return Compressor(
+        FakeImageStore(),
+        publisher,
+        fetcher,
+        HalvingCodec(),
+        quality=50,
+        max_pixels=10**6,
+        outcomes=repo,
+        hosts=HostLimiter(per_host=per_host, wait=0.25),
+        wanted=WantedRequests(cast(RequestStatuses, repo), ttl=ttl),
+    )
 
 
 @dataclass

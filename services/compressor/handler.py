@@ -14,7 +14,7 @@ from services.compressor.fetch import FetchError
 from services.compressor.hosts import HostLimiter, HostSaturated, origin_of
 from services.compressor.wanted import WantedRequests
 from shared.bus import HandlerMethods, Publisher, repeat_delivery
-from shared.events import Event, ImageCompressed, ImageFailed, ImageRequested
+from shared.events import Event, ImageCompressed, ImageFailed, ImageRequested, ImageSkipped
 from shared.files import ImageMeta, ImageStore, StoredImage
 from shared.image_options import ImageOptions
 from shared.repository import OutcomeDoc, OutcomeStatus
@@ -67,7 +67,14 @@ class Compressor:
 
     async def compress(self, event: ImageRequested) -> None:
         if self.wanted is not None and (unwanted := await self.wanted.unwanted(event.request_id)):
-            IMAGES.labels("dropped").inc()
+            if await self.wanted.skips(event.request_id):  # cancelled: skipped unfetched, but reported
+                IMAGES.labels("skipped").inc()
+                skipped = ImageSkipped(
+                    request_id=event.request_id, index=event.index, url=event.url, reason=unwanted
+                )
+                await self.publisher.publish(skipped)
+            else:
+                IMAGES.labels("dropped").inc()
             log.info("image_dropped", index=event.index, reason=unwanted)
             return
         # A redelivery of work already stored, or a repeated URL whose first occurrence is stored (they

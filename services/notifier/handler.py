@@ -162,6 +162,7 @@ class Notifier:
             "total_images": request["total_images"],
             "compressed": request["no_img_compressed"],
             "failed": request["no_img_failed"],
+            "skipped": request.get("no_img_skipped", 0),
             "failures": request.get("failures", []),
             "status_url": self.links.status(request["_id"]),
             "output_csv_url": self.links.output(request["_id"]),

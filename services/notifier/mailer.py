@@ -76,7 +76,8 @@ def build_completion_email(
     """The "your request is done" email with the output CSV attached as `imagepipe-<request_id>.csv`, or,
     when it is over the attachment limit, a link to it: a large CSV would exceed common SMTP size limits.
 
-    `summary` keys (all optional): `total_images`, `compressed`, `failed` (counts), `failures` (a list of
+    `summary` keys (all optional): `status` (CANCELLED says so, with the `skipped` count), `total_images`,
+    `compressed`, `failed` (counts), `failures` (a list of
     mappings with `url`, `reason` and optionally `index`), `status_url` and `options` (the request's
     image options as stored).
     """
@@ -86,9 +87,11 @@ def build_completion_email(
     filename = f"imagepipe-{_UNSAFE.sub('-', request_id)}.csv"
 
     msg = EmailMessage()  # default policy: refuses CR/LF in header values, so no header injection
+    cancelled = summary.get("status") == "CANCELLED"
+    skipped = f", {summary.get('skipped', 0)} skipped" if cancelled else ""
     msg["Subject"] = (
-        f"imagepipe: request {request_id} completed "
-        f"({compressed} of {total} images compressed, {failed} failed)"
+        f"imagepipe: request {request_id} {'cancelled' if cancelled else 'completed'} "
+        f"({compressed} of {total} images compressed, {failed} failed{skipped})"
     )
     msg["From"] = sender
     msg["To"] = to
@@ -124,12 +127,14 @@ def _body(
     summary: Mapping[str, Any],
     output: list[str],
 ) -> str:
+    cancelled = summary.get("status") == "CANCELLED"
     lines = [
-        f"Your imagepipe request {request_id} has finished.",
+        f"Your imagepipe request {request_id} {'was cancelled' if cancelled else 'has finished'}.",
         "",
         f"  Images:      {total}",
         f"  Compressed:  {compressed}",
         f"  Failed:      {failed}",
+        *([f"  Skipped:     {summary.get('skipped', 0)} (cancelled before they were started)"] * cancelled),
         f"  Options:     {ImageOptions.from_stored(summary.get('options')).describe() or 'none (defaults)'}",
         "",
         *output,

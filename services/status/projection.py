@@ -7,6 +7,11 @@ publication; publishing happens after that, and a sweeper republishes any comple
 unpublished. The completion's event_id is fixed when it is recorded, so a republished RequestCompleted is
 recognisably the same one.
 
+A cancelled request (CANCELLING, set by the gateway) settles here too: the sweeper skips, in bulk and in one
+write however many there are, every image that was never published; the images that were get their
+outcomes from the compressors (ImageSkipped for those not started). The last outcome completes it as
+CANCELLED, announced exactly like a completion.
+
 Outcomes of one request that arrive together are recorded together: concurrent transactions on one
 request document would only conflict and retry, and batching turns N round trips into a few. Each message
 is acknowledged only after the batch holding its outcome has been recorded.
@@ -22,12 +27,13 @@ import structlog
 from prometheus_client import Histogram
 
 from shared.bus import HandlerMethods, Publisher
-from shared.events import Event, ImageCompressed, ImageFailed, RequestCompleted
+from shared.events import Event, ImageCompressed, ImageFailed, ImageSkipped, RequestCompleted
 from shared.repository import (
     OutcomeDoc,
     OutcomeStatus,
     RequestPurged,
     RequestRepository,
+    RequestStatus,
     UnknownRequest,
 )
 
@@ -42,7 +48,7 @@ COMPLETION_LAG = Histogram(
     "From a request's upload to its completion",
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
 )
-Outcome = ImageCompressed | ImageFailed
+Outcome = ImageCompressed | ImageFailed | ImageSkipped
 
 
 class StatusProjection:
@@ -99,7 +105,7 @@ class StatusProjection:
             return
         why = (
             event.reason
-            if isinstance(event, ImageFailed)
+            if isinstance(event, ImageFailed | ImageSkipped)
             else "compressed, but its outcome could not be recorded"
         )
         failed = _outcome(event, failure=f"{why} ({reason})"[:500])
@@ -123,13 +129,20 @@ class StatusProjection:
                 total_images=request["total_images"],
                 compressed=request["no_img_compressed"],
                 failed=request["no_img_failed"],
+                status="CANCELLED" if request["status"] == RequestStatus.CANCELLED else "COMPLETED",
+                skipped=request.get("no_img_skipped", 0),
             )
         )
         await self.repo.mark_completion_published(request_id)
         # Observed once per completion (published once, barring a crash); a metric never fails a publish.
         if (completed := request.get("completed_at")) is not None and (created := request.get("created_at")):
             COMPLETION_LAG.observe((completed - created).total_seconds())
-        log.info("request_completed", request_id=request_id, failed=request["no_img_failed"])
+        log.info(
+            "request_completed",
+            request_id=request_id,
+            status=request["status"],
+            failed=request["no_img_failed"],
+        )
 
     async def sweep_unpublished(self, older_than: timedelta = timedelta(seconds=10)) -> int:
         """Publish completions that a crash (or a broker outage) left unpublished. Younger ones are being
@@ -141,9 +154,21 @@ class StatusProjection:
             swept += 1
         return swept
 
+    async def settle_cancellations(self) -> int:
+        """Settle the cancels asked for since the last round: skip each request's never-published images
+        in bulk, and complete those with nothing left in flight. Returns how many were completed."""
+        completed = 0
+        async for request_id in self.repo.cancelling_requests():
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                if await self.repo.settle_cancellation(request_id):
+                    completed += 1
+                    await self.publish_completion(request_id)
+        return completed
+
     async def sweep_forever(self, interval: float = SWEEP_S) -> None:
         while True:
             try:
+                await self.settle_cancellations()
                 await self.sweep_unpublished()
             except Exception as exc:  # an outage: try again next round
                 log.warning("completion_sweep_failed", error=str(exc)[:200])
@@ -159,8 +184,10 @@ def _outcome(event: Outcome, failure: str | None = None) -> OutcomeDoc:
         status=OutcomeStatus.FAILED,
         at=datetime.now(UTC),
     )
-    if failure is not None or isinstance(event, ImageFailed):
+    if failure is not None or isinstance(event, ImageFailed | ImageSkipped):
         outcome["reason"] = failure if failure is not None else getattr(event, "reason", "")
+        if failure is None and isinstance(event, ImageSkipped):
+            outcome["status"] = OutcomeStatus.SKIPPED
         return outcome
     outcome["status"] = OutcomeStatus.COMPRESSED
     outcome["file_id"] = event.file_id
@@ -175,4 +202,8 @@ def _outcome(event: Outcome, failure: str | None = None) -> OutcomeDoc:
 
 
 # Which handler takes which event: the status service's subscriptions.
-ROUTES: HandlerMethods = {ImageCompressed: StatusProjection.record, ImageFailed: StatusProjection.record}
+ROUTES: HandlerMethods = {
+    ImageCompressed: StatusProjection.record,
+    ImageFailed: StatusProjection.record,
+    ImageSkipped: StatusProjection.record,
+}

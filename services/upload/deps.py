@@ -32,14 +32,23 @@ class Gateway:
     def __post_init__(self) -> None:
         self.deletions = Deletions(self.runtime.repo, self.runtime.images)
 
-    async def request_or_404(self, request_id: str, *, notifications: bool = True) -> RequestDoc:
+    async def request_or_404(
+        self, request_id: str, owner: str | None, *, notifications: bool = True
+    ) -> RequestDoc:
+        """The request, if the caller may see it. `owner` is the caller's (`caller_owner`); None lets
+        anyone see any request (keys off, or a call authorised otherwise). Another key's request is a 404,
+        exactly like one that does not exist: its existence is not revealed."""
         structlog.contextvars.bind_contextvars(request_id=request_id)
         found = (
             await self.runtime.repo.get(request_id, notifications=notifications)
             if REQUEST_ID_PATTERN.match(request_id)
             else None
         )
-        if found is None or found["status"] == RequestStatus.RECEIVING:  # not accepted (yet)
+        if (
+            found is None
+            or found["status"] == RequestStatus.RECEIVING  # not accepted (yet)
+            or (owner is not None and found.get("owner") != owner)
+        ):
             raise ApiError(404, f"unknown request_id {request_id!r}")
         return found
 
@@ -78,14 +87,6 @@ def presented_key(request: Request, *, query: bool = False) -> str:
     return key or (request.query_params.get("api_key", "") if query else "")
 
 
-def caller_owner(request: Request, gateway: Gateway) -> str | None:
-    """Who is calling, for what is theirs: a short stable hash of their (already checked) API key, never
-    the key itself; None when keys are off (local mode: everything is everyone's)."""
-    if not gateway.runtime.settings.api_keys:
-        return None
-    return hashlib.sha256(presented_key(request).encode()).hexdigest()[:OWNER_HEX_CHARS]
-
-
 def _check_key(presented: str, gateway: Gateway) -> None:
     keys = gateway.runtime.settings.api_keys
     if not keys:
@@ -119,3 +120,19 @@ async def require_api_key_or_query(
 
 ApiKey = Depends(require_api_key)
 ApiKeyOrQuery = Depends(require_api_key_or_query)
+
+
+def owner_of(key: str) -> str:
+    """A short stable name for an API key, stored on what it creates (its requests, its idempotency keys)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:OWNER_HEX_CHARS]
+
+
+async def caller_owner(request: Request, gateway: GatewayDep) -> str | None:
+    """Who is calling, for what is theirs: `owner_of` their API key, as the route's ApiKey (or, on the
+    events route, ApiKeyOrQuery) checked it; None when keys are off (local mode: everything is everyone's)."""
+    if not gateway.runtime.settings.api_keys:
+        return None
+    return owner_of(presented_key(request, query=True))
+
+
+Owner = Annotated[str | None, Depends(caller_owner)]

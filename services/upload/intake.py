@@ -143,7 +143,11 @@ def webhook_url_problem(url: str, *, allow_private: bool) -> str | None:
 
 
 async def store_request(
-    repo: RequestRepository, limits: CsvLimits, request_id: str, fields: UploadFields
+    repo: RequestRepository,
+    limits: CsvLimits,
+    request_id: str,
+    fields: UploadFields,
+    owner: str | None = None,
 ) -> RequestDoc:
     """Raises CsvRejected (invalid file), StorageError (certainly not accepted; the caller discards what
     was stored) or OutcomeUnknown."""
@@ -180,7 +184,7 @@ async def store_request(
         upload["options"] = fields.options.stored()
     if fields.webhook_url is not None:
         upload["webhook_secret"] = new_secret()  # its own: no other receiver can forge its webhooks
-    await repo.create_request(request_id, upload)
+    await repo.create_request(request_id, upload, owner)
     return await accept_upload(repo, request_id)
 
 

@@ -57,8 +57,9 @@ class Deletions:
 
     async def start(self, request_id: str) -> bool:
         """False if there is no such request. A running request loses its remaining work (see above)."""
-        # Issue 11a's cancel goes first, so that a running request ends CANCELLED, with its notifications,
-        # before it goes: `await cancel_request(self.repo, request_id)` here.
+        # A running request is cancelled first: from then on nothing more of it is published, even by a
+        # relay in the middle of a top-up. It is not left to settle: deleted, it gets no notifications.
+        await self.repo.cancel_request(request_id)
         if not await self.repo.purge(request_id):
             return False
         task = asyncio.create_task(self._images(request_id), name=f"delete-images-{request_id}")

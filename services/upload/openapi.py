@@ -35,7 +35,11 @@ SSIMULACRA2 `target`). The status shows what each image became (`output_details`
 
 TAGS = [
     {"name": "uploads", "description": "Send a CSV of products and their image URLs."},
-    {"name": "requests", "description": "Follow a request: its progress, live events, its output CSV; delete it."},
+    {
+        "name": "requests",
+        "description": "Your requests: list them, follow one (progress, live events), get its output CSV, "
+        "cancel or delete it.",
+    },
     {"name": "images", "description": "The compressed images (public, unguessable links)."},
     {"name": "notifications", "description": "Send a finished request's email again."},
     {"name": "operations", "description": "Liveness, readiness and metrics."},
@@ -219,6 +223,7 @@ class ProductDetail(BaseModel):
         description="Aligned with input_urls; null while pending or failed."
     )
     failed: list[FailedImage]
+    skipped: list[str] = Field(description="Input URLs a cancel skipped (never fetched).")
 
 
 class Page(BaseModel):
@@ -239,20 +244,34 @@ class NotificationAttempt(BaseModel):
     next_delay_s: float | None
 
 
-class StatusBody(BaseModel):
+class RequestSummary(BaseModel):
+    """A request as GET /requests lists it."""
+
     request_id: str = Field(examples=[EXAMPLE_ID])
-    status: RequestStatus
-    progress: float = Field(description="Percent of images with an outcome.", examples=[42.9])
+    status: RequestStatus = Field(
+        description="PENDING until every image has an outcome, then COMPLETED; after a cancel, CANCELLING "
+        "until the images in flight finish, then CANCELLED."
+    )
+    progress: float = Field(description="Percent of images with an outcome (skipped ones included).")
     total_images: int
     no_img_compressed: int
     no_img_failed: int
+    no_img_skipped: int = Field(description="Images a cancel skipped: never fetched.")
+    created_at: datetime
+    completed_at: datetime | None = Field(description="When it became COMPLETED or CANCELLED.")
+
+
+class RequestList(BaseModel):
+    requests: list[RequestSummary] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
+
+
+class StatusBody(RequestSummary):
     total_products: int
     bytes_in: int
     bytes_out: int
-    created_at: datetime
-    completed_at: datetime | None
     failures: list[Failure] = Field(description="The first 100 failures.")
-    output_csv_url: str | None = Field(description="Set once the request is complete.")
+    output_csv_url: str | None = Field(description="Set once the request is COMPLETED or CANCELLED.")
     options: ImageOptions = Field(
         description="The request's image options; null: not given (the default applies).",
         examples=[{**OPTIONS_EXAMPLE, "max_height": None}],
@@ -271,7 +290,7 @@ class ImageSnapshot(BaseModel):
     input_bytes: int | None
     output_bytes: int | None
     kept_original: bool = Field(description="the original was smaller than any re-encoding")
-    reason: str | None = Field(description="why it failed")
+    reason: str | None = Field(description="why it failed, or was skipped")
     output_details: OutputDetails | None = Field(description="once compressed: format, size, quality, score")
 
 
@@ -308,7 +327,8 @@ _WHEN = {
     400: "The request is malformed: a missing file, broken CSV syntax, bad parameters.",
     401: "API keys are on and no valid key was sent.",
     404: "No such request or image.",
-    409: "The request is not complete yet.",
+    409: "The request is not in a state for this: not finished yet (output, re-send), or already "
+    "finished (cancel).",
     413: "The file, its rows or its images exceed a limit.",
     415: "The file is not a UTF-8 CSV.",
     422: "The CSV parses but its content is wrong, or a form field is invalid: `problems` names each.",

@@ -17,7 +17,15 @@ import orjson
 
 from shared.image_options import ImageOptions
 from shared.links import Links
-from shared.repository import OutcomeDoc, OutcomeStatus, RequestDoc, RequestRepository, RequestStatus, RowDoc
+from shared.repository import (
+    FINAL_STATUSES,
+    OutcomeDoc,
+    OutcomeStatus,
+    RequestDoc,
+    RequestRepository,
+    RowDoc,
+    images_done,
+)
 
 View = Literal["full", "summary"]
 
@@ -41,24 +49,37 @@ async def render_status(
 def summary(request: RequestDoc, links: Links) -> dict[str, Any]:
     """The request's progress and counts, without its products (`view=summary`)."""
     request_id = request["_id"]
-    done = request["no_img_compressed"] + request["no_img_failed"]
-    completed = request["status"] == RequestStatus.COMPLETED
+    finished = request["status"] in FINAL_STATUSES
     return {
-        "request_id": request_id,
-        "status": request["status"],
-        "progress": round(100 * done / request["total_images"], 1) if request["total_images"] else 100.0,
-        "total_images": request["total_images"],
-        "no_img_compressed": request["no_img_compressed"],
-        "no_img_failed": request["no_img_failed"],
+        **listed(request),
         "total_products": request["total_products"],
         "bytes_in": request.get("bytes_in", 0),
         "bytes_out": request.get("bytes_out", 0),
-        "created_at": request["created_at"],
-        "completed_at": request.get("completed_at"),
         "failures": request.get("failures", []),
-        "output_csv_url": links.output(request_id) if completed else None,
+        "output_csv_url": links.output(request_id) if finished else None,
         "options": ImageOptions.from_stored(request.get("options")).model_dump(mode="json"),
     }
+
+
+def listed(request: RequestDoc) -> dict[str, Any]:
+    """A request as GET /requests lists it: its status, counts, progress and times."""
+    return {
+        "request_id": request["_id"],
+        "status": request["status"],
+        "progress": progress(request),
+        "total_images": request["total_images"],
+        "no_img_compressed": request["no_img_compressed"],
+        "no_img_failed": request["no_img_failed"],
+        "no_img_skipped": request.get("no_img_skipped", 0),
+        "created_at": request["created_at"],
+        "completed_at": request.get("completed_at"),
+    }
+
+
+def progress(request: RequestDoc) -> float:
+    """Percent of the request's images with an outcome (skipped ones included)."""
+    total = request["total_images"]
+    return round(100 * images_done(request) / total, 1) if total else 100.0
 
 
 def _product(row: RowDoc, outcomes: list[OutcomeDoc | None], links: Links) -> dict[str, Any]:
@@ -75,6 +96,11 @@ def _product(row: RowDoc, outcomes: list[OutcomeDoc | None], links: Links) -> di
             {"url": o["url"], "reason": o.get("reason", "")}
             for o in outcomes
             if o and o["status"] == OutcomeStatus.FAILED
+        ],
+        "skipped": [
+            url
+            for url, o in zip(row["urls"], outcomes, strict=True)
+            if o and o["status"] == OutcomeStatus.SKIPPED
         ],
     }
 

@@ -49,8 +49,11 @@ EXAMPLES: dict[str, Event] = {
     "ImageFailed": EVENT_TYPES["ImageFailed"](
         request_id="r1", index=1, url="https://e.x/b.jpg", reason="404"
     ),
+    "ImageSkipped": EVENT_TYPES["ImageSkipped"](
+        request_id="r1", index=2, url="https://e.x/c.jpg", reason="cancelled before it was started"
+    ),
     "RequestCompleted": EVENT_TYPES["RequestCompleted"](
-        request_id="r1", total_images=2, compressed=1, failed=1
+        request_id="r1", total_images=3, compressed=1, failed=1, status="CANCELLED", skipped=1
     ),
     "NotificationRequested": EVENT_TYPES["NotificationRequested"](request_id="r1"),
 }

@@ -112,6 +112,8 @@ def test_upload_shows_the_webhook_secret_it_is_given_once(
 
     assert args.run(AcceptingApi(), args) == Exit.OK
     assert "whsec_c2VjcmV0" in capsys.readouterr().err
+
+
 class DeletingApi:
     def __init__(self) -> None:
         self.deleted: list[str] = []
@@ -147,3 +149,65 @@ def test_delete_with_yes_does_not_ask(monkeypatch: pytest.MonkeyPatch) -> None:
     args = parser().parse_args(["delete", "r1", "--yes"])
     assert args.run(api, args) == Exit.OK
     assert api.deleted == ["/requests/r1"]
+
+
+def _api_answering(answers: dict[tuple[str, str], tuple[int, dict[str, Any]]]) -> Any:
+    """The real CLI client, over a transport answering `answers[(method, path)]`; records the calls."""
+    import httpx
+
+    from cli.api import Api
+
+    calls: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        status, body = answers[(request.method, request.url.path)]
+        return httpx.Response(status, json=body)
+
+    api = Api("http://h")
+    api.http = httpx.Client(base_url="http://h", transport=httpx.MockTransport(answer))
+    return api, calls
+
+
+SUMMARY = {
+    "request_id": "r1" + "x" * 20, "status": "CANCELLED", "progress": 100.0, "total_images": 9, "no_img_compressed": 2,
+    "no_img_failed": 0, "no_img_skipped": 7, "created_at": "2026-12-01T10:00:00.123Z", "completed_at": None,
+    "bytes_in": 0, "bytes_out": 0, "failures": [], "options": {}, "output_csv_url": "http://h/output/r1",
+}  # fmt: skip
+
+
+def test_list_prints_a_table_and_where_the_next_page_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    page = {"requests": [SUMMARY], "next_cursor": "abc"}
+    api, calls = _api_answering({("GET", "/requests"): (200, page)})
+    args = parser().parse_args(["list", "--limit", "5"])
+    assert args.run(api, args) == Exit.OK
+    captured = capsys.readouterr()
+    assert SUMMARY["request_id"] in captured.out and "CANCELLED" in captured.out
+    assert "2026-12-01 10:00" in captured.out
+    assert "7 skipped" in captured.out
+    assert "imagepipe list --cursor abc" in captured.err
+    assert calls[0].url.params["limit"] == "5"
+
+    args = parser().parse_args(["list", "--json", "--cursor", "abc"])
+    assert args.run(api, args) == Exit.OK
+    assert '"next_cursor": "abc"' in capsys.readouterr().out and calls[1].url.params["cursor"] == "abc"
+
+
+def test_cancel_posts_and_exits_cancelled_once_it_is() -> None:
+    api, calls = _api_answering({("POST", "/requests/r1/cancel"): (200, SUMMARY)})
+    args = parser().parse_args(["cancel", "r1"])
+    assert args.run(api, args) == Exit.CANCELLED
+    assert [(c.method, c.url.path) for c in calls] == [("POST", "/requests/r1/cancel")]
+    args = parser().parse_args(["cancel", "r1", "--no-wait"])
+    assert args.run(api, args) == Exit.OK
+
+
+def test_cancelling_a_finished_request_is_refused() -> None:
+    from cli.api import CliError
+
+    refusal = {"error": "the request is already complete; there is nothing left to cancel", "problems": []}
+    api, _ = _api_answering({("POST", "/requests/r1/cancel"): (409, refusal)})
+    args = parser().parse_args(["cancel", "r1"])
+    with pytest.raises(CliError) as refused:
+        args.run(api, args)
+    assert refused.value.code == Exit.REFUSED and "already complete" in refused.value.message

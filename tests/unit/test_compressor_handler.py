@@ -219,7 +219,13 @@ async def test_work_for_a_request_that_is_gone_is_dropped_before_fetching(compre
 
 @pytest.mark.parametrize(
     ("status", "wanted"),
-    [(RequestStatus.PENDING, True), (RequestStatus.COMPLETED, False), (RequestStatus.RECEIVING, False)],
+    [
+        (RequestStatus.PENDING, True),
+        (RequestStatus.COMPLETED, False),
+        (RequestStatus.RECEIVING, False),
+        (RequestStatus.CANCELLING, False),
+        (RequestStatus.CANCELLED, False),
+    ],
 )
 async def test_only_a_pending_request_wants_its_images(status: RequestStatus, wanted: bool) -> None:
     assert (await WantedRequests(Statuses(r1=status)).unwanted("r1") is None) is wanted

@@ -13,6 +13,7 @@ from shared.events import (
     ImageCompressed,
     ImageFailed,
     ImageRequested,
+    ImageSkipped,
     MalformedEvent,
     NotificationRequested,
     RequestCompleted,
@@ -41,7 +42,9 @@ EXAMPLES = [
         output_bytes=5,
     ),
     ImageFailed(request_id="r", index=2, url="https://a/d.jpg", reason="HTTP 404 from origin"),
+    ImageSkipped(request_id="r", index=3, url="https://a/e.jpg", reason="cancelled before it was started"),
     RequestCompleted(request_id="r", total_images=3, compressed=2, failed=1),
+    RequestCompleted(request_id="r", total_images=9, compressed=2, failed=1, status="CANCELLED", skipped=6),
     NotificationRequested(request_id="r"),
 ]
 
@@ -146,3 +149,10 @@ def test_options_in_a_message_are_validated_like_at_upload() -> None:
     body = V1_IMAGE_REQUESTED.replace(b'"version": 1', b'"version": 2, "options": {"quality": 0}')
     with pytest.raises(MalformedEvent):
         parse_event(body)
+
+
+def test_a_completion_from_before_cancelling_reads_as_completed() -> None:
+    old = b'{"type": "RequestCompleted", "request_id": "r", "total_images": 1, "compressed": 1, "failed": 0}'
+    completed = parse_event(old)
+    assert isinstance(completed, RequestCompleted)
+    assert (completed.status, completed.skipped) == ("COMPLETED", 0)

@@ -193,6 +193,8 @@ async def test_an_output_over_the_attachment_limit_is_linked(tmp_path: Path) -> 
     (mail,) = n.mailer.sent  # type: ignore[attr-defined]
     assert list(mail.iter_attachments()) == []
     assert f"{n.settings.base_url}/output/r1" in mail.get_body(("plain",)).get_content()
+
+
 async def test_a_completion_of_a_deleted_request_is_dropped(tmp_path: Path) -> None:
     n = await notifier(tmp_path)
     assert await n.repo.purge("r1")

@@ -9,11 +9,11 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Request
 
-from services.upload.deps import ApiKey, GatewayDep
+from services.upload.deps import ApiKey, GatewayDep, Owner
 from services.upload.errors import ApiError, problem
 from services.upload.openapi import RenotifyQueued, RenotifyRequest, errors
 from shared.events import NotificationRequested
-from shared.repository import RequestStatus
+from shared.repository import FINAL_STATUSES
 
 log = structlog.get_logger()
 router = APIRouter(tags=["notifications"])
@@ -39,14 +39,14 @@ router = APIRouter(tags=["notifications"])
         },
     },
 )
-async def webhook_completed(request: Request, gateway: GatewayDep) -> dict[str, Any]:
+async def webhook_completed(request: Request, gateway: GatewayDep, owner: Owner) -> dict[str, Any]:
     """`request_id` as JSON, a form field or a query parameter. With keys on, an API key (no webhook
     signature: a webhook secret is its receiver's, not a credential for this API). With keys off (local
     mode), no credential, like every other route; at most one re-send per request per interval."""
     raw = await request.body()  # at most a few KiB (middleware.BodySizeLimit)
     request_id = await _request_id_from(request, raw)
-    found = await gateway.request_or_404(request_id, notifications=False)
-    if found["status"] != RequestStatus.COMPLETED:
+    found = await gateway.request_or_404(request_id, owner, notifications=False)
+    if found["status"] not in FINAL_STATUSES:
         raise ApiError(409, "the request is not complete yet; its notification goes out when it is")
     # At most one re-send per interval and request: each one is an email, and a record on the request.
     interval = gateway.runtime.settings.renotify_interval_seconds

@@ -11,7 +11,7 @@ from prometheus_client import Counter
 
 from services.upload import idempotency
 from services.upload.csv_input import CsvRejected
-from services.upload.deps import ApiKey, Gateway, GatewayDep, caller_owner
+from services.upload.deps import ApiKey, Gateway, GatewayDep, Owner
 from services.upload.errors import ApiError
 from services.upload.intake import (
     ABANDONED_AFTER,
@@ -51,7 +51,7 @@ MAX_FORM_FIELDS = 16  # ours (UploadForm) and a few to spare; python-multipart r
     responses={**errors(400, 401, 413, 415, 422, 503), 409: IN_PROGRESS},
     openapi_extra={**multipart_body(UploadForm), "parameters": [IDEMPOTENCY_KEY_PARAMETER]},
 )
-async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
+async def upload(request: Request, gateway: GatewayDep, owner: Owner) -> JSONResponse:
     """Validates the whole CSV and the image options before accepting anything, then queues every image;
     answers at once with the `request_id` to follow. `email`, `webhook_url` and the image options may
     also be sent as query parameters. With a `webhook_url`, the answer holds its signing secret, once."""
@@ -72,14 +72,14 @@ async def upload(request: Request, gateway: GatewayDep) -> JSONResponse:
     structlog.contextvars.bind_contextvars(request_id=request_id)
     claimed = None
     if key is not None:
-        claimed = Claimed(caller_owner(request, gateway), key)
+        claimed = Claimed(owner, key)
         body_hash = await idempotency.fingerprint(fields)
         earlier = await idempotency.claim(gateway.runtime.repo, claimed.owner, key, body_hash, request_id)
         if earlier is not None:
             UPLOADS.labels("replayed").inc()
             log.info("upload_replayed", earlier_request_id=earlier["_id"])
             return _answer(gateway, earlier, replayed=True)
-    accepted = await _store(gateway, request_id, fields, claimed)
+    accepted = await _store(gateway, request_id, fields, owner, claimed)
     gateway.relay.kick()
     UPLOADS.labels("accepted").inc()
     log.info("upload_accepted", products=accepted["total_products"], images=accepted["total_images"])
@@ -113,12 +113,12 @@ class Claimed:
 
 
 async def _store(
-    gateway: Gateway, request_id: str, fields: UploadFields, claimed: Claimed | None
+    gateway: Gateway, request_id: str, fields: UploadFields, owner: str | None, claimed: Claimed | None
 ) -> RequestDoc:
     """The accepted request, or the ApiError saying why not (and that nothing was queued)."""
     repo = gateway.runtime.repo
     try:
-        return await store_request(repo, gateway.limits, request_id, fields)
+        return await store_request(repo, gateway.limits, request_id, fields, owner)
     except CsvRejected as exc:
         UPLOADS.labels("rejected").inc()
         await _not_accepted(repo, request_id, claimed)

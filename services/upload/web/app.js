@@ -1,11 +1,11 @@
-// imagepipe's web page: upload at "/", one request's live progress at "/r/{id}" (bookmarkable).
-// Plain ES module, no build step. It uses the public API: POST /upload, GET /status/{id}/events (SSE),
-// GET /output/{id}, DELETE /requests/{id}. Text from the server is always set as text, never as HTML.
+// imagepipe's web page: upload (and your recent requests) at "/", one request's live progress at "/r/{id}"
+// (bookmarkable). Plain ES module, no build step. It uses the public API: POST /upload, GET /requests,
+// GET /status/{id}/events (SSE), GET /output/{id}, POST /requests/{id}/cancel, DELETE /requests/{id}.
+// Text from the server is always set as text, never as HTML.
 
 const FINAL = ["COMPLETED", "CANCELLED"]; // states after which nothing changes; the stream then ends
 const KEY_STORE = "imagepipe.apiKey"; // sessionStorage: the API key lives as long as the tab
-const RECENT_STORE = "imagepipe.recent"; // localStorage: this browser's uploads
-const RECENT_KEPT = 20;
+const RECENT_SHOWN = 10; // requests per page of the recent list
 
 const $ = (id) => document.getElementById(id);
 
@@ -63,36 +63,31 @@ function setUpKeyPanel() {
   });
 }
 
-// --- recent requests (this browser's; the server-side list replaces it once the API has one) ---------------
-function recent() {
-  try {
-    return JSON.parse(localStorage.getItem(RECENT_STORE) || "[]");
-  } catch {
-    return [];
-  }
-}
-
-function remember(entry) {
-  const others = recent().filter((r) => r.id !== entry.id);
-  const old = recent().find((r) => r.id === entry.id) || {};
-  localStorage.setItem(RECENT_STORE, JSON.stringify([{ ...old, ...entry }, ...others].slice(0, RECENT_KEPT)));
-}
-
-function renderRecent() {
+// --- recent requests (GET /requests: with an API key, that key's own) ---------------------------------------
+async function renderRecent(cursor = null) {
   const list = $("recent");
-  const entries = recent();
-  list.replaceChildren(
-    ...(entries.length
-      ? entries.map((r) =>
-          el(
-            "li",
-            {},
-            el("span", {}, el("a", { href: `/r/${r.id}` }, r.id), el("div", { class: "when" }, r.file || "")),
-            el("span", { class: "when" }, r.status || "", el("br"), when(r.at)),
-          ),
-        )
-      : [el("li", { class: "empty" }, "Nothing yet: your uploads appear here.")]),
+  const more = $("recent-more");
+  const query = new URLSearchParams({ limit: String(RECENT_SHOWN), ...(cursor ? { cursor } : {}) });
+  const response = await fetch(`/requests?${query}`, { headers: authHeaders() }).catch(() => null);
+  const body = response ? await response.json().catch(() => null) : null;
+  if (!response || !response.ok) {
+    const why = response && response.status === 401 ? "Set your API key to see your requests." : "Could not load your requests.";
+    list.replaceChildren(el("li", { class: "empty" }, why));
+    more.hidden = true;
+    return;
+  }
+  const entries = body.requests.map((r) =>
+    el(
+      "li",
+      { "data-status": r.status },
+      el("span", {}, el("a", { href: `/r/${r.request_id}` }, r.request_id), el("div", { class: "when" }, `${r.total_images} images · ${Math.floor(r.progress)}%`)),
+      el("span", { class: "when" }, r.status, el("br"), when(r.created_at)),
+    ),
   );
+  if (cursor) list.append(...entries);
+  else list.replaceChildren(...(entries.length ? entries : [el("li", { class: "empty" }, "Nothing yet: your uploads appear here.")]));
+  more.hidden = !body.next_cursor;
+  more.onclick = () => renderRecent(body.next_cursor);
 }
 
 // --- upload -----------------------------------------------------------------------------------------------
@@ -173,7 +168,6 @@ async function upload(event) {
       showProblems(box, body, `The upload was refused (HTTP ${response.status}).`);
       return;
     }
-    remember({ id: body.request_id, at: new Date().toISOString(), file: $("file").files[0].name, status: body.status });
     justUploaded = body.webhook_secret ? { id: body.request_id, secret: body.webhook_secret } : null;
     history.pushState({}, "", `/r/${body.request_id}`);
     route();
@@ -230,7 +224,6 @@ function follow(id) {
     if (FINAL.includes(snapshot.status)) {
       stream.close();
       $("live").hidden = true;
-      remember({ id, status: snapshot.status });
     }
   });
   stream.addEventListener("gone", (event) => {
@@ -265,6 +258,10 @@ function render(s) {
   $("progress-pct").textContent = `${Math.floor(s.progress)}%`;
   $("count-compressed").textContent = s.no_img_compressed;
   $("count-failed").textContent = s.no_img_failed;
+  $("count-skipped").textContent = s.no_img_skipped;
+  $("skipped-stat").hidden = !s.no_img_skipped;
+  // Only a running request can be cancelled; once asked, the button stays off.
+  $("cancel-button").hidden = s.status !== "PENDING";
   $("count-total").textContent = s.total_images;
   $("saving").textContent = s.bytes_in ? `\u2212${saving(s.bytes_in, s.bytes_out)}%` : "–";
   $("saving-label").textContent = s.bytes_in ? `${formatBytes(s.bytes_in)} → ${formatBytes(s.bytes_out)}` : "saved";
@@ -288,6 +285,20 @@ function renderOutputLink(s) {
   } else link.removeAttribute("href");
 }
 
+async function cancelRequest() {
+  // Images not started are skipped (never fetched); those in flight finish; then it ends CANCELLED.
+  const id = $("request-id").textContent;
+  if (!confirm("Cancel this request? Images not started yet are skipped.")) return;
+  const button = $("cancel-button");
+  button.disabled = true;
+  const response = await fetch(`/requests/${encodeURIComponent(id)}/cancel`, { method: "POST", headers: authHeaders() }).catch(() => null);
+  button.disabled = false;
+  const body = response ? await response.json().catch(() => null) : null;
+  if (!response || !response.ok) return showProblems($("request-error"), body, "The cancel was refused.");
+  button.hidden = true;
+  $("state").textContent = body.status; // the stream shows the rest as it settles
+}
+
 async function deleteRequest() {
   const id = $("request-id").textContent;
   if (!confirm(`Delete request ${id}, its output CSV and all its images? This cannot be undone.`)) return;
@@ -302,7 +313,7 @@ async function deleteRequest() {
   $("live").hidden = true;
   $("state").textContent = "DELETED";
   $("state").className = "state failed";
-  localStorage.setItem(RECENT_STORE, JSON.stringify(recent().filter((r) => r.id !== id)));
+  $("cancel-button").hidden = true;
   for (const link of [$("output-link"), $("json-link")]) {
     link.classList.add("disabled");
     link.removeAttribute("href");
@@ -348,11 +359,12 @@ function figure(caption, src, placeholder, bad) {
 function thumb(image) {
   let after;
   if (image.status === "FAILED") after = figure("after", null, `failed: ${image.reason}`, true);
+  else if (image.status === "SKIPPED") after = figure("after", null, "skipped: cancelled");
   else if (image.output_url) after = figure("after", image.output_url);
   else after = figure("after", null, "compressing…");
   const sizes = image.output_bytes !== null && image.input_bytes
     ? el("span", { class: "sizes" }, `${formatBytes(image.input_bytes)} → ${formatBytes(image.output_bytes)} `, el("b", {}, `−${saving(image.input_bytes, image.output_bytes)}%`))
-    : el("span", { class: "sizes" }, image.status === "FAILED" ? "failed" : "waiting");
+    : el("span", { class: "sizes" }, { FAILED: "failed", SKIPPED: "skipped" }[image.status] || "waiting");
   return el(
     "div",
     { class: "thumb", "data-status": image.status || "PENDING" },
@@ -421,6 +433,7 @@ setUpKeyPanel();
 setUpUpload();
 setUpOptions();
 $("output-link").addEventListener("click", downloadWithKey);
+$("cancel-button").addEventListener("click", cancelRequest);
 $("delete-button").addEventListener("click", deleteRequest);
 window.addEventListener("popstate", route);
 route();
