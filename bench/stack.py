@@ -189,7 +189,8 @@ class BenchStack:
             found[name] = cpu_seconds(pid)
             if workers := family.get(pid):
                 found[f"{name} workers"] = sum(cpu_seconds(c) for c in workers)
-            if name.startswith("compressor") and (codec := thread_cpu_seconds(pid, CODEC_THREAD)):
+            elif name.startswith("compressor"):  # its codec on threads (a tiny batch may not use a tick)
+                codec = thread_cpu_seconds(pid, CODEC_THREAD)
                 found[f"{name} codec threads"] = codec
                 found[name] -= codec
         return found

@@ -17,6 +17,7 @@ class Origin:
     hits: Counter[str] = field(default_factory=Counter)
     fail_first: dict[str, int] = field(default_factory=dict)  # name -> how many 500s before serving
     delay: dict[str, float] = field(default_factory=dict)  # name -> seconds before answering
+    held: dict[str, asyncio.Event] = field(default_factory=dict)  # name -> answered once the event is set
     webhooks: list[dict[str, Any]] = field(default_factory=list)
     webhook_failures: int = 0  # answer the next N webhook calls with 500
     base_url: str = ""
@@ -46,6 +47,8 @@ class Origin:
         self.hits[name] += 1
         if name in self.delay:
             await asyncio.sleep(self.delay[name])
+        if name in self.held:
+            await self.held[name].wait()
         if self.fail_first.get(name, 0) > 0:
             self.fail_first[name] -= 1
             return web.Response(status=500, text="try again")

@@ -99,12 +99,13 @@ async def test_an_unreachable_api_has_its_own_exit_code() -> None:
 
 async def test_a_request_still_running_is_pending(stack: Stack, tmp_path: Path) -> None:
     path = catalogue(stack, tmp_path, "clislow", 1)
-    stack.origin.delay["clislow-0.jpg"] = 2.0
+    stack.origin.held["clislow-0.jpg"] = released = asyncio.Event()  # pending until released, however slow
     code, out, _ = await imagepipe(stack.api, "upload", str(path), "--email", "a@example.com")
     assert code == Exit.OK
     request_id = out.strip()
     code, _, err = await imagepipe(stack.api, "download", request_id, "-o", str(tmp_path / "early"))
     assert code == Exit.PENDING and "not finished" in err
+    released.set()
     code, _, _ = await imagepipe(stack.api, "status", request_id, "--wait")
     assert code == Exit.OK
 
