@@ -40,6 +40,7 @@ from aio_pika.abc import (
 )
 from prometheus_client import Counter, Histogram
 
+from shared.acks import AckCoalescer
 from shared.errors import Unavailable
 from shared.events import Event, MalformedEvent, parse_event
 from shared.settings import Settings
@@ -157,6 +158,7 @@ class EventBus:
         self._exchange: AbstractExchange | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._acks = AckCoalescer()
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -248,12 +250,13 @@ class EventBus:
                 self._in_flight.add(task)
                 try:
                     await handle(message)
-                    await message.ack()
+                    await self._acks.ack(message)
                 except Exception:
                     # Forwarding it (to a retry queue, the dead letters or the parking lot) failed: the
                     # broker is going away, or is half back. Give it back: left unacknowledged on a
                     # channel that stays open, it would never be delivered again.
                     log.exception("message_requeued", service=service)
+                    self._acks.settled(message)
                     with contextlib.suppress(Exception):
                         await message.nack(requeue=True)
                 finally:

@@ -93,11 +93,19 @@ class GridFsImageStore:
         """Store `data` under a fixed id, unless a complete file is already stored there; either way, return
         what is stored under the id.
 
-        One transaction writes the files document and every chunk, so two writers of one id (a relay
-        republish, a lease takeover, two occurrences of a URL) can never leave a mixed or partial file:
-        the first to commit wins whole, and the others find its files document, roll back, and report
-        the winner's file (the outcome they publish then describes exactly what is stored). Chunks left by
-        a writer that died before this scheme (no files document) are replaced within the transaction.
+        Readers find a file only through its files document, so it is written last: whatever is stored
+        under the id is whole. The unique index on (files_id, n) lets only one writer hold a chunk
+        position, so two writers of one id (a relay republish, a lease takeover, two occurrences of a URL)
+        never mix: the first to store its files document wins whole, and the others report the winner's
+        file (the outcome they publish then describes exactly what is stored).
+
+        A file of one chunk (nearly every output) takes two plain inserts, the chunk, then the files
+        document. A larger file, or a chunk position already taken without a files document (a writer
+        that died, or one still writing), goes through one transaction that writes the files document
+        and every chunk, replacing any chunks it meets: a plain writer still between its two inserts
+        then finds the files document taken and reports the transaction's file, whose chunks are the only
+        ones left. Plain inserts are safe for one chunk only: after its chunk, a plain writer has nothing
+        left to write but the files document, so it can never add a chunk to a file someone else stored.
 
         PyMongo's GridFS writer probes both collections with an unfiltered find_one on every upload to
         decide whether to create indexes; on a database that answers that by scanning, each upload costs
@@ -122,6 +130,28 @@ class GridFsImageStore:
             "metadata": dict(meta),
         }
 
+        replacing: tuple[bool, ...] = (False, True)
+        if len(chunks) == 1:
+            if (stored := await self._put_plain(chunks[0], files_doc, meta)) is not None:
+                return stored
+            replacing = (True,)  # the chunk position is taken without a files document
+        return await self._put_in_transaction(chunks, files_doc, meta, replacing)
+
+    async def _put_plain(self, chunk: Doc, files_doc: Doc, meta: ImageMeta) -> StoredImage | None:
+        """The chunk, then the files document, outside a transaction; None if the chunk position is taken
+        without a files document."""
+        try:
+            await self.mongo.chunks.insert_one(chunk)
+            await self.mongo.files.insert_one(files_doc)
+        except DuplicateKeyError:
+            return await self.info(files_doc["_id"])
+        return StoredImage(files_doc["_id"], files_doc["length"], meta)
+
+    async def _put_in_transaction(
+        self, chunks: list[Doc], files_doc: Doc, meta: ImageMeta, replacing: tuple[bool, ...]
+    ) -> StoredImage:
+        file_id = files_doc["_id"]
+
         async def write(session: Session, *, replace: bool) -> None:
             # The files document first: a second writer stops there, before sending any chunk.
             await self.mongo.files.insert_one(files_doc, session=session)
@@ -129,9 +159,9 @@ class GridFsImageStore:
                 await self.mongo.chunks.delete_many({"files_id": file_id}, session=session)
             await self.mongo.chunks.insert_many(chunks, session=session)
 
-        # Chunks without a files document are only ever left by a writer that died before this scheme:
-        # cleared only when the first attempt meets them, which saves a statement on every other upload.
-        for replace in (False, True):
+        # Chunks without a files document are cleared only when an attempt meets them, which saves a
+        # statement on every other upload.
+        for replace in replacing:
             try:
                 await self.mongo.transaction(functools.partial(write, replace=replace))
             except StorageError as exc:
@@ -143,7 +173,7 @@ class GridFsImageStore:
                     raise
             else:
                 break
-        return StoredImage(file_id, len(data), meta)
+        return StoredImage(file_id, files_doc["length"], meta)
 
     async def info(self, file_id: str) -> StoredImage | None:
         doc = await self.mongo.files.find_one({"_id": file_id})

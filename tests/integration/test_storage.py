@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+import pytest
 from gridfs import AsyncGridFSBucket
 from pymongo import monitoring
 
@@ -43,13 +44,17 @@ async def test_a_second_write_of_a_stored_id_changes_nothing_and_reports_the_sto
     assert await read(images, "b" * 32) == first
 
 
-async def test_concurrent_writers_of_one_id_leave_exactly_one_whole_file(mongo: Mongo) -> None:
+@pytest.mark.parametrize("max_chunks", [1, 4], ids=["one-chunk outputs", "mixed sizes"])
+async def test_concurrent_writers_of_one_id_leave_exactly_one_whole_file(
+    mongo: Mongo, max_chunks: int
+) -> None:
     """A relay republish or a lease takeover: several compressors store the same output id at once, with
-    outputs of different sizes. One of them wins whole; the others report the winner's file."""
+    outputs of different sizes. One of them wins whole; the others report the winner's file. One-chunk
+    outputs are stored by plain inserts, larger ones in a transaction: both kinds meet here."""
     images = GridFsImageStore(mongo)
     for round_no in range(3):
-        file_id = f"{round_no:032x}"
-        outputs = [bytes([n]) * (GRIDFS_CHUNK_BYTES * (n % 4) + 1000 * n + 1) for n in range(8)]
+        file_id = f"{max_chunks:08x}{round_no:024x}"
+        outputs = [bytes([n]) * (GRIDFS_CHUNK_BYTES * (n % max_chunks) + 1000 * n + 1) for n in range(8)]
         metas = [ImageMeta(**{**META, "index": n}) for n in range(8)]  # type: ignore[typeddict-item]
         reported = await asyncio.gather(
             *(
