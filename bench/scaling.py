@@ -12,8 +12,9 @@ capacity calculation for a 1,000,000-image import) and its figures to `<work>/sc
    pins each (every thread of it and of its codec process, with os.sched_setaffinity) to a core of its
    own, then times a batch from its upload until its last outcome is in the status queue. N = 1, then 2.
    Everything else (the gateway, the database, RabbitMQ, the image origin, this process) is pinned to the
-   remaining cores when the machine has any; on a 2-core machine there are none, so it runs wherever the
-   scheduler puts it and takes its share of the compressors' cores: the ratio is then a floor.
+   remaining cores when the machine has any. On a 2-core machine there are none: each point then confines
+   the whole system to its compressors' cores (1 core, then 2), so the ratio compares the system on one
+   core with the system on two, instead of giving the 1-replica point a second core for the rest.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class ScalingResults:
     argv: str
     machine: dict[str, object]
     cores: list[int]  # the cores this run could use
-    rest_cores: list[int] | None  # where everything but the compressors was pinned; None: not pinned
+    rest_cores: list[int] | None  # where everything but the compressors was pinned; None: on theirs
     costs: dict[str, float]  # CPU-ms per image, by process, through the whole system
     cost_batch: dict[str, float]  # images, images/s, compressors of the costs batch
     bytes_out_per_image: float
@@ -117,7 +118,11 @@ async def measure(config: Config) -> ScalingResults:
             if spare:  # everything that is not a compressor, off the compressors' cores
                 pinned = _pin_rest(stack, set(spare))
             for replicas in REPLICAS:
-                results.points.append(await _point(config, stack, http, replicas, cores))
+                confined = {} if spare else _pin_rest(stack, set(cores[:replicas]))
+                try:
+                    results.points.append(await _point(config, stack, http, replicas, cores))
+                finally:
+                    unpin(confined)
     finally:
         unpin(pinned)
         await stack.close()

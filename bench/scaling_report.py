@@ -78,9 +78,9 @@ def render(r: ScalingResults) -> list[str]:
     rest = (
         f"pinned to core(s) {', '.join(map(str, r.rest_cores))}"
         if r.rest_cores
-        else "not pinned: this machine has no core to spare beyond the compressors', so the database, the "
-        "broker, the gateway and the origin ran on the compressors' cores and took their share of them "
-        "(the 2-replica point loses most; on a machine with 3 or more cores they get cores of their own)"
+        else "confined with the compressors: this machine has no core to spare beyond theirs, so each point "
+        "pinned the database, the broker, the gateway and the origin to its compressors' cores (the whole "
+        "system on 1 core, then on 2; on a machine with 3 or more cores they get cores of their own)"
     )
     rows = [
         [

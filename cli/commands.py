@@ -302,17 +302,23 @@ def add_delete(subcommands: Subcommands) -> None:
     p.set_defaults(run=delete)
 
 
+def confirmed(question: str, *, yes: bool, otherwise: str) -> bool:
+    """--yes, or a yes at the terminal; without a terminal only --yes confirms. `otherwise` is said if not."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        err.print(f"{otherwise}: confirm with --yes (there is no terminal to ask on)")
+        return False
+    if Confirm.ask(question, console=err, default=False):
+        return True
+    err.print(otherwise)
+    return False
+
+
 def delete(api: Api, args: argparse.Namespace) -> Exit:
-    if not args.yes:
-        if not sys.stdin.isatty():
-            err.print("not deleted: confirm with --yes (there is no terminal to ask on)")
-            return Exit.DECLINED
-        question = (
-            f"Delete request {args.request_id}, its output CSV and all its images? This cannot be undone"
-        )
-        if not Confirm.ask(question, console=err, default=False):
-            err.print("not deleted")
-            return Exit.DECLINED
+    question = f"Delete request {args.request_id}, its output CSV and all its images? This cannot be undone"
+    if not confirmed(question, yes=args.yes, otherwise="not deleted"):
+        return Exit.DECLINED
     api.delete_json(f"/requests/{args.request_id}")
     err.print(f"[green]✓[/] deleted {args.request_id} (its images are being removed)")
     return Exit.OK

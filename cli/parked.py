@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from cli.api import Api, CliError
-from cli.commands import Subcommands, err, out
+from cli.commands import Subcommands, confirmed, err, out
 from cli.exit_codes import Exit
 from shared.errors import Unavailable
 from shared.parking import CONSUMERS, Action, Decide, ParkedMessage, ParkingLots
@@ -96,9 +96,10 @@ def purge_parked(_: Api, args: argparse.Namespace) -> Exit:
     if not chosen:
         err.print("nothing is parked")
         return Exit.OK
-    if not args.yes and not _confirmed(f"drop {len(chosen)} parked message(s) for good?"):
-        err.print("nothing dropped")
-        return Exit.USAGE
+    if not confirmed(
+        f"Drop {len(chosen)} parked message(s) for good?", yes=args.yes, otherwise="nothing dropped"
+    ):
+        return Exit.DECLINED
     ids = {(m.service, m.message_id, m.position) for m in chosen}
     walked = _walk(
         args, lambda m: Action.DROP if (m.service, m.message_id, m.position) in ids else Action.KEEP
@@ -162,13 +163,6 @@ def _matching(
     if len(found) > 1:
         raise CliError(Exit.REFUSED, f"{args.message} names {len(found)} messages: give more of the id")
     return found
-
-
-def _confirmed(question: str) -> bool:
-    try:
-        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-    except EOFError:  # no terminal to ask: only --yes drops anything
-        return False
 
 
 def _as_json(m: ParkedMessage) -> dict[str, Any]:

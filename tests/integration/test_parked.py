@@ -117,7 +117,7 @@ async def test_a_replay_resets_the_attempts_and_purge_asks_first(bus: EventBus, 
     assert all(m["replays"] == 1 for m in json.loads(out))
 
     code, _, err = await imagepipe(settings, "purge", "--all", stdin=b"n\n")
-    assert code == Exit.USAGE and "nothing dropped" in err
+    assert code == Exit.DECLINED and "nothing dropped" in err
     assert await parked_count(settings) == 2
     code, _, err = await imagepipe(settings, "purge", "--all", "--yes")
     assert code == Exit.OK and "2 dropped" in err
