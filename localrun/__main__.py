@@ -10,11 +10,14 @@ IMAGEPIPE_LOG_JSON=true. Once the API answers, a banner says where to look for w
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 import structlog
 from aiohttp import web
@@ -37,6 +40,7 @@ from shared.settings import Settings, get_settings
 
 log = structlog.get_logger()
 SAMPLE_ORIGIN_PORT = 8001
+DEFAULT_DATA_DIR = Path(Settings.model_fields["data_dir"].default)
 
 
 async def main() -> None:
@@ -44,14 +48,21 @@ async def main() -> None:
     # One format for every line: people's, unless IMAGEPIPE_LOG_JSON says otherwise (then JSON everywhere).
     json_logs = settings.log_json if "IMAGEPIPE_LOG_JSON" in os.environ else False
     configure_logging("make-run", settings.log_level, json=json_logs)
+    another = f"IMAGEPIPE_PORT={settings.port + 100} IMAGEPIPE_DATA_DIR=var2 make run"
     if port_open(settings.host, settings.port):
         raise SystemExit(
-            f"Port {settings.port} is in use (another `make run`?): stop it, or choose another port, "
-            f"e.g. IMAGEPIPE_PORT={settings.port + 80} make run"
+            f"Port {settings.port} is in use (another `make run`?): stop it, or start this one beside it "
+            f"with a port and a data folder of its own: {another}"
         )
     data_dir = settings.data_dir.resolve()
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
-    env = child_env(IMAGEPIPE_DATA_DIR=str(data_dir), IMAGEPIPE_LOG_JSON=str(json_logs).lower())
+    lock = _lock(data_dir, another)  # noqa: F841 (held until this process ends)
+    bus_prefix = _bus_prefix(settings, data_dir)
+    env = child_env(
+        IMAGEPIPE_DATA_DIR=str(data_dir),
+        IMAGEPIPE_LOG_JSON=str(json_logs).lower(),
+        IMAGEPIPE_BUS_PREFIX=bus_prefix,
+    )
     if "IMAGEPIPE_FETCH_ALLOW_PRIVATE" not in os.environ:
         env["IMAGEPIPE_FETCH_ALLOW_PRIVATE"] = "true"
         log.warning(
@@ -74,7 +85,7 @@ async def main() -> None:
         "JSON lines" if json_logs else "one line per event (IMAGEPIPE_LOG_JSON=true: JSON)"
     )
     where = Where(
-        settings.base_url, console, settings.amqp_url, vhost(settings.amqp_url), settings.bus_prefix, mail, logs,
+        settings.base_url, console, settings.amqp_url, vhost(settings.amqp_url), bus_prefix, mail, logs,
         database_log,
     )  # fmt: skip
     print(banner(where), file=sys.stderr, flush=True)
@@ -87,6 +98,27 @@ async def main() -> None:
     if started_rabbitmq:
         await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "stop"], check=False)
     log.info("stopped")
+
+
+def _lock(data_dir: Path, another: str) -> IO[str]:
+    """One `make run` per data folder: a second would open the same database files."""
+    lock = (data_dir / "make-run.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(
+            f"Another `make run` is using {data_dir}: stop it, or give this one its own port and folder: "
+            f"{another}"
+        ) from None
+    return lock
+
+
+def _bus_prefix(settings: Settings, data_dir: Path) -> str:
+    """The queues belong to the database: a `make run` on another data folder gets queues of its own on the
+    shared broker, so two running side by side never take each other's messages (unless told otherwise)."""
+    if "IMAGEPIPE_BUS_PREFIX" in os.environ or settings.mongo_url or data_dir == DEFAULT_DATA_DIR.resolve():
+        return settings.bus_prefix
+    return f"{settings.bus_prefix}-{data_dir.name}-{hashlib.sha256(str(data_dir).encode()).hexdigest()[:6]}"
 
 
 def _start_database(

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+DEFAULT_API = "http://127.0.0.1:8000"  # the CLI's default (cli/api.py)
+
 
 @dataclass(frozen=True)
 class Where:
@@ -36,11 +38,16 @@ def banner(where: Where) -> str:
         ("console", console),
         ("mail", where.mail),
         ("logs", logs),
-        ("try", f"{cli} upload samples/products.csv --email you@example.com --wait"),
+        ("try", f"{cli} upload samples/products.csv --email you@example.com --wait{_url(where.api)}"),
     ]
     rule = "─" * 78
     body = "\n".join(f"  {name:<9} {value}" for name, value in lines)
     return f"{rule}\n imagepipe is running. Ctrl-C stops everything it started.\n{body}\n{rule}"
+
+
+def _url(api: str) -> str:
+    """The CLI's --url, unless it is the CLI's default."""
+    return "" if api == DEFAULT_API else f" --url {api}"
 
 
 def _short(path: Path | None) -> str:

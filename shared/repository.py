@@ -244,8 +244,11 @@ REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
 def new_request_id() -> str:
-    """128 random bits, URL-safe: unguessable, and never sequential or time-based."""
-    return secrets.token_urlsafe(16)
+    """128 random bits, URL-safe: unguessable, and never sequential or time-based. Never starting with '-',
+    which a command line would take for an option (`imagepipe status -hGf8...`)."""
+    while (request_id := secrets.token_urlsafe(16)).startswith("-"):
+        pass
+    return request_id
 
 
 def image_key(request_id: str, index: int) -> str:
@@ -307,8 +310,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         if not isinstance(millis, int) or not isinstance(request_id, str):
             raise ValueError("not a cursor")
         return _NEVER + timedelta(milliseconds=millis), request_id
-    except (ValueError, TypeError, OverflowError, OSError, binascii.Error) as exc:
-        raise InvalidCursor(f"not a cursor this API handed out ({type(exc).__name__})") from None
+    except (ValueError, TypeError, OverflowError, OSError, binascii.Error):
+        raise InvalidCursor("not a cursor this API handed out: pass a next_cursor as it came") from None
 
 
 # What record_outcomes and a cancel read to tell whether a request is complete.

@@ -52,7 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gateway = gateway
     install_error_handlers(app)
     install_openapi(app)
-    upload = BodyLimit(settings.max_csv_bytes + UPLOAD_OVERHEAD_BYTES, field="file")
+    upload = BodyLimit(
+        settings.max_csv_bytes + UPLOAD_OVERHEAD_BYTES,
+        field="file",
+        setting=f"IMAGEPIPE_MAX_CSV_BYTES: {settings.max_csv_bytes} for the CSV, plus room for the form",
+    )
     app.add_middleware(BodySizeLimit, limits={"/upload": upload}, default=SMALL_BODY)
     app.add_middleware(AccessLog)  # added last, so outermost: it also logs what the size limit refuses
     for module in (uploads, requests, events, images, notifications, health, page):

@@ -328,7 +328,9 @@ class CsvReader:
             if name in found or any(p.column == name for p in self._problems):
                 continue
             close = difflib.get_close_matches(_key(name), list(spare), n=1, cutoff=0.6)
-            if close:
+            if len(cells) == 1 and (separator := next((c for c in ";\t|" if c in cells[0]), None)):
+                hint = f"the header is one cell separated by {separator!r}: columns are separated by commas"
+            elif close:
                 hint = f"found '{_short(spare[close[0]])}'"
             else:
                 hint = "the header has " + (", ".join(f"'{_short(c, 40)}'" for c in cells[:10]) or "no names")

@@ -76,6 +76,7 @@ class BodyLimit:
 
     max_bytes: int
     field: str | None = None
+    setting: str | None = None  # the setting that sets it, named in the refusal
 
 
 class BodySizeLimit:
@@ -124,7 +125,9 @@ class BodySizeLimit:
 
 async def _reject(send: Send, scope: Scope, limit: BodyLimit) -> None:
     route = f"{scope['method']} {scope['path']}"
-    reason = f"the request body exceeds {limit.max_bytes} bytes, the limit of {route}"
+    reason = f"the request body exceeds {limit.max_bytes} bytes, the limit of {route}" + (
+        f" ({limit.setting})" if limit.setting else ""
+    )
     body = json.dumps(
         error_body("the request body is larger than the limit", [problem(reason, field=limit.field)])
     )

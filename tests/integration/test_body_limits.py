@@ -100,3 +100,17 @@ async def test_a_declared_oversized_body_is_refused_before_it_is_sent(server: tu
     writer.close()
     assert int(status_line.split()[1]) == 413
     assert b"8192 bytes, the limit of POST /webhook-completed" in body
+
+
+async def test_an_oversized_upload_names_the_setting_that_limits_it(server: tuple[str, int]) -> None:
+    reader, writer = await asyncio.open_connection(*server)
+    writer.write(
+        f"POST /upload HTTP/1.1\r\nHost: x\r\nX-API-Key: {'k' * 32}\r\n"
+        f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {GIB}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    body = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert int(status_line.split()[1]) == 413
+    assert b"the limit of POST /upload (IMAGEPIPE_MAX_CSV_BYTES: " in body

@@ -277,6 +277,15 @@ def test_missing_column_without_a_close_match_lists_the_header() -> None:
     )
 
 
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_header_in_one_cell_names_its_separator(separator: str) -> None:
+    """A spreadsheet's export with semicolons (or tabs) instead of commas: say so, not just 'missing'."""
+    header = separator.join(("S. No.", "Product Name", "Input Image Urls"))
+    problems = rejected(f"{header}\n1{separator}SKU1{separator}https://a.example/1.jpg\n", 422)
+    assert [p.column for p in problems] == ["S. No.", "Product Name", "Input Image Urls"]
+    assert all(f"separated by {separator!r}: columns are separated by commas" in p.reason for p in problems)
+
+
 def test_every_missing_column_is_reported_on_the_header_row() -> None:
     problems = rejected("\n\nSr No,Name\n1,SKU1\n", 422)
     assert [(p.row, p.column) for p in problems] == [

@@ -10,6 +10,7 @@ from starlette.datastructures import UploadFile
 from services.upload.csv_input import CsvLimits, CsvRejected
 from services.upload.errors import ApiError
 from services.upload.intake import UploadFields, form_problems, store_request, upload_fields
+from shared import repository
 from shared.image_options import ImageOptions, OutputFormat
 from shared.repository import RequestStatus
 from tests.fakes import FakeRequestRepository
@@ -92,3 +93,10 @@ def test_a_file_over_the_limit_is_a_413_naming_it() -> None:
     with pytest.raises(ApiError) as rejected:
         fields({"file": big, "email": "a@b.c"})
     assert (rejected.value.status, rejected.value.problems[0]["field"]) == (413, "file")
+
+
+def test_a_request_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command line would read `imagepipe status -hGf8...` as an option: about 1 id in 64 would be."""
+    drawn = iter(["-hGf8u9WRdyNzHB6NTBmIA", "hGf8u9WRdyNzHB6NTBmIA-"])
+    monkeypatch.setattr(repository.secrets, "token_urlsafe", lambda _: next(drawn))
+    assert repository.new_request_id() == "hGf8u9WRdyNzHB6NTBmIA-"

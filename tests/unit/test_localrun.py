@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+import localrun.__main__ as make_run
 from localrun import broker
 from localrun.banner import Where, banner
 from localrun.supervisor import free_port
 from shared.logging import human_renderer
+from shared.settings import Settings
 
 
 def test_without_rabbitmq_make_run_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,3 +76,32 @@ def test_people_get_one_aligned_line_per_event() -> None:
     assert re.fullmatch(
         r"12:00:01 info +compressor +image_compressed +request_id=r1 bytes_in=10", str(line)
     ), line
+
+
+def test_the_banner_names_the_api_for_the_cli_when_it_is_not_the_default(tmp_path: Path) -> None:
+    where = Where("http://127.0.0.1:8100", None, "amqp://127.0.0.1/", "/", "p", "m", "l", None)
+    assert "--wait --url http://127.0.0.1:8100" in banner(where)
+    assert "--url" not in banner(Where(**{**where.__dict__, "api": "http://127.0.0.1:8000"}))
+
+
+def test_a_make_run_on_another_data_folder_gets_queues_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("IMAGEPIPE_BUS_PREFIX", raising=False)
+    settings = Settings(mongo_url=None)
+    assert make_run._bus_prefix(settings, make_run.DEFAULT_DATA_DIR.resolve()) == "imagepipe"
+    mine, theirs = (make_run._bus_prefix(settings, tmp_path / name) for name in ("var2", "var3"))
+    assert mine.startswith("imagepipe-var2-") and theirs.startswith("imagepipe-var3-")
+    assert make_run._bus_prefix(settings, tmp_path / "var2") == mine  # the same folder: the same queues
+    monkeypatch.setenv("IMAGEPIPE_BUS_PREFIX", "chosen")
+    assert make_run._bus_prefix(Settings(mongo_url=None), tmp_path / "var2") == "chosen"
+
+
+def test_a_second_make_run_on_one_data_folder_is_refused(tmp_path: Path) -> None:
+    held = make_run._lock(tmp_path, "try this")
+    try:
+        with pytest.raises(SystemExit, match=r"Another `make run` is using .*try this"):
+            make_run._lock(tmp_path, "try this")
+    finally:
+        held.close()
+    make_run._lock(tmp_path, "try this").close()  # free again once the first is gone
